@@ -153,3 +153,25 @@ def unfold_frames(x: torch.Tensor) -> torch.Tensor:
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
     """Mean over all non-batch dims."""
     return x.reshape(x.shape[0], -1).mean(dim=1)
+
+
+# Conditioning slots that a network sees once per row of its input.
+ROW_ALIGNED_COND_KEYS = ("vector", "crossattn", "concat")
+
+
+def broadcast_cond_to_rows(cond: dict, rows: int) -> dict:
+    """Repeat per-clip conditioning to per-frame rows: `(b, ...)` -> `((b t), ...)` with t = rows / b.
+
+    Video batches keep the clip-level conditioning (CLIP token, VAE latent of the first frame)
+    once per clip; the network needs one row per frame. Other keys pass through unchanged.
+    """
+    out = dict(cond)
+    for key in ROW_ALIGNED_COND_KEYS:
+        value = out.get(key)
+        if not isinstance(value, torch.Tensor) or value.shape[0] == rows:
+            continue
+        if rows % value.shape[0] != 0:
+            raise ValueError(f"conditioning '{key}' has {value.shape[0]} rows, which does not divide "
+                             f"the {rows} rows of the input")
+        out[key] = value.repeat_interleave(rows // value.shape[0], dim=0)
+    return out

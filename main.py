@@ -1,0 +1,339 @@
+"""Training entry point (upstream-compatible flags):
+
+    python main.py --base configs/example_training/toy/digits_cond.yaml -t
+    python main.py --base cfg.yaml --dry-run              # build, print parameter counts, exit
+    python main.py -r logs/<run dir>                       # resume from its last checkpoint
+    python main.py --base cfg.yaml lightning.trainer.max_steps=100   # dot-list overrides
+
+Configs given to --base merge left to right, then dot-list overrides. The run directory
+`<logdir>/<timestamp>_<name>/` holds `configs/` (the resolved config), `checkpoints/`,
+`images/` (sample grids, GIFs) and the logs (CSV; TensorBoard with --tensorboard; wandb with --wandb).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import os
+import sys
+
+import sgm  # noqa: F401  (torchvision shim before Lightning is imported)
+from sgm.callbacks.image_logger import ImageLogger  # noqa: F401  (configs name `main.ImageLogger`)
+from sgm.callbacks.setup import SetupCallback  # noqa: F401  (and `main.SetupCallback`)
+
+MODEL_SECTIONS = ("model", "data")
+
+
+class CliError(SystemExit):
+    """A user error: printed as one line, exit status 2."""
+
+    def __init__(self, message: str):
+        print(f"main.py: error: {message}", file=sys.stderr)
+        super().__init__(2)
+
+
+def str2bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if value.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"boolean value expected, got {value!r}")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    flag = dict(type=str2bool, nargs="?", const=True)
+    p.add_argument("-n", "--name", type=str, default="", help="run-name postfix")
+    p.add_argument("--no_date", default=False, help="no timestamp in the run name", **flag)
+    p.add_argument("-r", "--resume", type=str, default="", help="run dir or checkpoint to resume from")
+    p.add_argument("-b", "--base", nargs="*", default=[], metavar="base_config.yaml",
+                   help="config files, merged left to right")
+    p.add_argument("-t", "--train", default=True, help="train (default); -t False only builds", **flag)
+    p.add_argument("--no-test", dest="no_test", default=False, help="skip testing after fit", **flag)
+    p.add_argument("-d", "--debug", default=False, help="no crash checkpoint; wandb offline", **flag)
+    p.add_argument("-s", "--seed", type=int, default=23, help="seed for seed_everything")
+    p.add_argument("-f", "--postfix", type=str, default="", help="appended to the run name")
+    p.add_argument("--projectname", type=str, default="sgm-dmd", help="wandb project")
+    p.add_argument("-l", "--logdir", type=str, default="logs", help="root of run directories")
+    p.add_argument("--scale_lr", default=False, help="LR x accumulation x devices x batch size", **flag)
+    p.add_argument("--legacy_naming", default=False, help="run name from the config file name only", **flag)
+    p.add_argument("--no_base_name", default=False, help="no config-derived part in the run name", **flag)
+    p.add_argument("--enable_tf32", default=False, help="allow TF32 matmuls on CUDA", **flag)
+    p.add_argument("--wandb", default=False, help="also log to wandb (offline unless WANDB_MODE says)", **flag)
+    p.add_argument("--tensorboard", default=False, help="also log to TensorBoard", **flag)
+    p.add_argument("--resume_from_checkpoint", type=str, default=None, help="checkpoint for trainer.fit")
+    p.add_argument("--dry-run", dest="dry_run", default=False,
+                   help="build everything on the meta device, print parameter counts, exit", **flag)
+    # Common Trainer settings; any other Trainer argument: lightning.trainer.<name>=<value>
+    p.add_argument("--accelerator", type=str, default=None)
+    p.add_argument("--devices", type=str, default=None)
+    p.add_argument("--num_nodes", type=int, default=None)
+    p.add_argument("--max_steps", type=int, default=None)
+    p.add_argument("--max_epochs", type=int, default=None)
+    p.add_argument("--precision", type=str, default=None)
+    p.add_argument("--strategy", type=str, default=None)
+    return p
+
+
+def split_base_and_dotlist(base: list[str], unknown: list[str]) -> tuple[list[str], list[str]]:
+    """`--base a.yaml key=value` would swallow the override (upstream trap): move it back."""
+    configs = [b for b in base if not ("=" in b and not b.endswith((".yaml", ".yml")))]
+    dotlist = [b for b in base if b not in configs] + list(unknown)
+    bad = [d for d in dotlist if "=" not in d or d.startswith("-")]
+    if bad:
+        raise CliError(f"unrecognised arguments: {' '.join(bad)} (overrides are written key.path=value)")
+    return configs, dotlist
+
+
+def resolve_resume(resume: str) -> tuple[str, str, list[str]]:
+    """-r DIR or -r DIR/checkpoints/X.ckpt -> (logdir, checkpoint, saved configs)."""
+    if not os.path.exists(resume):
+        raise CliError(f"cannot resume: {resume} does not exist")
+    if os.path.isfile(resume):
+        logdir = os.path.dirname(os.path.dirname(os.path.abspath(resume)))
+        ckpt = resume
+    else:
+        logdir = resume.rstrip("/")
+        ckpt = os.path.join(logdir, "checkpoints", "last.ckpt")
+        if not os.path.isfile(ckpt):
+            raise CliError(f"cannot resume: no checkpoints/last.ckpt in {logdir}")
+    saved = sorted(glob.glob(os.path.join(logdir, "configs", "*.yaml")))
+    if not saved:
+        raise CliError(f"cannot resume: no saved configs in {logdir}/configs")
+    return logdir, ckpt, saved
+
+
+def run_name(opt: argparse.Namespace, now: str) -> str:
+    if opt.name:
+        name = f"_{opt.name}"
+    elif opt.base and not opt.no_base_name:
+        stem = os.path.splitext(os.path.basename(opt.base[0]))[0]
+        if not opt.legacy_naming and "configs" in opt.base[0].split(os.sep):
+            parts = os.path.normpath(opt.base[0]).split(os.sep)
+            stem = "-".join(parts[parts.index("configs") + 1:])
+            stem = os.path.splitext(stem)[0]
+        name = f"_{stem}"
+    else:
+        name = ""
+    return (name.lstrip("_") if opt.no_date else now + name) + opt.postfix
+
+
+def load_config(paths: list[str], dotlist: list[str]):
+    from omegaconf import OmegaConf
+
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise CliError(f"config file not found: {missing[0]}")
+    if not paths:
+        raise CliError("no config given: use --base path/to/config.yaml (or -r to resume)")
+    return OmegaConf.merge(*[OmegaConf.load(p) for p in paths], OmegaConf.from_dotlist(dotlist))
+
+
+def trainer_options(opt: argparse.Namespace, lightning_config) -> dict:
+    """lightning.trainer merged with the CLI; GPU device lists fall back to the CPU when none is present."""
+    import torch
+    from omegaconf import OmegaConf
+
+    options = OmegaConf.to_container(lightning_config.get("trainer", OmegaConf.create()), resolve=True)
+    for key in ("accelerator", "devices", "num_nodes", "max_steps", "max_epochs", "precision", "strategy"):
+        if getattr(opt, key) is not None:
+            options[key] = getattr(opt, key)
+    devices = options.get("devices")
+    if isinstance(devices, str) and "," in devices:  # upstream writes GPU ids as "0," or "0,1"
+        options["devices"] = [int(d) for d in devices.split(",") if d.strip()]
+    elif isinstance(devices, str) and devices.isdigit():
+        options["devices"] = int(devices)
+    accelerator = options.get("accelerator", "auto")
+    if accelerator in ("auto", "gpu", "cuda") and not torch.cuda.is_available():
+        if isinstance(options.get("devices"), list) or accelerator != "auto":
+            print("main.py: no CUDA GPU found: training on the CPU with 1 device")
+            options["devices"] = 1
+        options["accelerator"] = "cpu"
+    options.setdefault("accelerator", "auto")
+    return options
+
+
+def summarize(model) -> str:
+    """Parameter counts per part of the engine (embedders listed one by one)."""
+    from sgm.util import count_params
+
+    lines = [f"{type(model).__name__}: {count_params(model):,} parameters "
+             f"({count_params(model, trainable_only=True):,} trainable)"]
+    for name, child in model.named_children():
+        lines.append(f"  {name:<22} {type(child).__name__:<34} {count_params(child):>15,}"
+                     f"  trainable {count_params(child, trainable_only=True):,}")
+        if name == "conditioner":
+            for i, embedder in enumerate(child.embedders):
+                key = embedder.input_key or ",".join(getattr(embedder, "input_keys", None) or [])
+                lines.append(f"    embedders.{i:<13} {type(embedder).__name__:<34} {count_params(embedder):>15,}"
+                             f"  input '{key}'")
+    return "\n".join(lines)
+
+
+def build_model(config, learning_rate: float | None, meta: bool = False):
+    import torch
+    from omegaconf import OmegaConf
+
+    from sgm.util import instantiate_from_config
+
+    model_config = OmegaConf.create(OmegaConf.to_container(config.model, resolve=False))
+    params = model_config.setdefault("params", {})
+    if learning_rate is not None:
+        if "learning_rate" in params:
+            raise CliError("give the learning rate once: model.base_learning_rate or model.params.learning_rate")
+        params["learning_rate"] = learning_rate
+    if meta:
+        params.pop("ckpt_path", None)  # nothing to load into meta tensors
+        with torch.device("meta"):
+            return instantiate_from_config(model_config)
+    return instantiate_from_config(model_config)
+
+
+def batch_size_of(data_config) -> int:
+    params = data_config.get("params", {}) or {}
+    if "batch_size" in params:
+        return int(params["batch_size"])
+    return int(params.get("train", {}).get("loader", {}).get("batch_size", 1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from omegaconf import OmegaConf
+
+    now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+    sys.path.append(os.getcwd())
+    opt, unknown = get_parser().parse_known_args(argv)
+    opt.base, dotlist = split_base_and_dotlist(opt.base, unknown)
+    if opt.name and opt.resume:
+        raise CliError("-n/--name and -r/--resume cannot be combined")
+
+    resume_ckpt = opt.resume_from_checkpoint
+    if opt.resume:
+        logdir, resume_ckpt, saved = resolve_resume(opt.resume)
+        opt.base = saved + opt.base
+        nowname = os.path.basename(logdir)
+    else:
+        nowname = run_name(opt, now)
+        logdir = os.path.join(opt.logdir, nowname)
+    config = load_config(opt.base, dotlist)
+    lightning_config = config.pop("lightning", OmegaConf.create())
+    if "model" not in config:
+        raise CliError("config has no 'model' section")
+
+    import pytorch_lightning as pl
+
+    pl.seed_everything(opt.seed, workers=True)
+    base_lr = config.model.get("base_learning_rate", None)
+
+    if opt.dry_run:
+        model = build_model(config, base_lr, meta=True)
+        print(summarize(model))
+        if "data" in config:
+            from sgm.util import get_obj_from_str
+
+            try:
+                get_obj_from_str(config.data.target)
+                print(f"data: {config.data.target}")
+            except Exception as error:  # report, the model part was built
+                print(f"data: cannot build: {error}")
+                return 1
+        return 0
+
+    import torch
+
+    if opt.enable_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    trainer_opts = trainer_options(opt, lightning_config)
+    ckptdir, cfgdir = os.path.join(logdir, "checkpoints"), os.path.join(logdir, "configs")
+    if "data" not in config:
+        raise CliError("config has no 'data' section (needed for training)")
+    if base_lr is not None and opt.scale_lr:
+        devices = trainer_opts.get("devices", 1)
+        n_devices = len(devices) if isinstance(devices, list) else int(devices) if str(devices).isdigit() else 1
+        accumulate = trainer_opts.get("accumulate_grad_batches", 1) or 1
+        base_lr = accumulate * n_devices * batch_size_of(config.data) * base_lr
+        print(f"learning rate scaled to {base_lr:.2e}")
+    model = build_model(config, base_lr)
+
+    from sgm.util import instantiate_from_config
+
+    trainer = pl.Trainer(
+        **trainer_opts,
+        logger=make_loggers(opt, logdir, nowname, lightning_config),
+        callbacks=make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config),
+        default_root_dir=logdir,
+    )
+    trainer.logdir = logdir
+    data = instantiate_from_config(config.data)
+    if opt.train:
+        trainer.fit(model, data, ckpt_path=resume_ckpt)
+    print(f"run directory: {logdir}")
+    return 0
+
+
+def make_loggers(opt, logdir: str, nowname: str, lightning_config) -> list:
+    from pytorch_lightning.loggers import CSVLogger
+
+    loggers = [CSVLogger(save_dir=logdir, name="csv")]
+    if opt.tensorboard:
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=logdir, name="tensorboard"))
+    if opt.wandb:
+        from pytorch_lightning.loggers import WandbLogger
+
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.makedirs(logdir, exist_ok=True)
+        loggers.append(WandbLogger(name=nowname, save_dir=logdir, project=opt.projectname, id=nowname,
+                                   offline=os.environ["WANDB_MODE"] == "offline"))
+    return loggers
+
+
+def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config) -> list:
+    from omegaconf import OmegaConf
+
+    from sgm.util import instantiate_from_config
+
+    checkpoint = {
+        "target": "pytorch_lightning.callbacks.ModelCheckpoint",
+        "params": {"dirpath": ckptdir, "filename": "{epoch:06}-{step:08}", "verbose": True, "save_last": True},
+    }
+    checkpoint = OmegaConf.merge(checkpoint, lightning_config.get("modelcheckpoint", OmegaConf.create()))
+    callbacks_config = OmegaConf.merge(
+        {
+            "setup_callback": {"target": "sgm.callbacks.setup.SetupCallback", "params": {
+                "resume": bool(opt.resume), "now": now, "logdir": logdir, "ckptdir": ckptdir, "cfgdir": cfgdir,
+                "debug": opt.debug}},
+            "learning_rate_logger": {"target": "pytorch_lightning.callbacks.LearningRateMonitor",
+                                     "params": {"logging_interval": "step"}},
+        },
+        lightning_config.get("callbacks", OmegaConf.create()),
+    )
+    callbacks = []
+    for name, cfg in callbacks_config.items():
+        if name == "metrics_over_trainsteps_checkpoint":
+            cfg = OmegaConf.merge({"target": "pytorch_lightning.callbacks.ModelCheckpoint", "params": {
+                "dirpath": os.path.join(ckptdir, "trainstep_checkpoints"), "filename": "{epoch:06}-{step:09}",
+                "save_top_k": -1, "every_n_train_steps": 10000, "save_weights_only": True}}, cfg)
+        if name == "setup_callback":
+            callbacks.append(instantiate_from_config(cfg, config=config, lightning_config=lightning_config))
+        else:
+            callbacks.append(instantiate_from_config(cfg))
+    callbacks.append(instantiate_from_config(checkpoint))
+    return callbacks
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Exception as error:  # one clear line for configuration mistakes; full trace otherwise
+        from sgm.models.checkpoint import CheckpointError
+        from sgm.util import ConfigError
+
+        if isinstance(error, (ConfigError, CheckpointError, KeyError, FileNotFoundError)):
+            print(f"main.py: error: {type(error).__name__}: {error}", file=sys.stderr)
+            sys.exit(1)
+        raise

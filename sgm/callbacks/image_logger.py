@@ -1,0 +1,159 @@
+"""Writes what people look at: sample grids as PNG, and GIF/MP4 for video batches.
+
+Files go to `<run dir>/images/<split>/<key>_gs-<step>_e-<epoch>_b-<batch>.{png,gif,mp4}`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+
+from sgm.util import fold_frames
+
+MIN_DISPLAY_SIZE = 64  # tiny images (8x8 digits) are enlarged with nearest-neighbour for viewing
+
+
+def to_uint8(images: torch.Tensor, rescale: bool = True) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] (or [0, 1] if not rescale) -> (N, H', W', 3) uint8, enlarged if tiny."""
+    images = images.detach().float().cpu()
+    if rescale:
+        images = (images + 1.0) / 2.0
+    images = images.clamp(0, 1)
+    if images.shape[1] == 1:
+        images = images.repeat(1, 3, 1, 1)
+    factor = max(1, MIN_DISPLAY_SIZE // max(images.shape[-2:]))
+    if factor > 1:
+        images = images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    return (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def make_grid(frames: np.ndarray, n_rows: int | None = None, pad: int = 2) -> np.ndarray:
+    """(N, H, W, 3) -> one (H', W', 3) grid with `n_cols` = ceil(sqrt(N)) unless n_rows given."""
+    n = frames.shape[0]
+    cols = int(np.ceil(np.sqrt(n))) if n_rows is None else int(np.ceil(n / n_rows))
+    rows = int(np.ceil(n / cols))
+    h, w = frames.shape[1:3]
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = frames[i]
+    return grid
+
+
+def save_image_grid(images: torch.Tensor, path: str, n_rows: int | None = None, rescale: bool = True) -> str:
+    import imageio.v3 as iio
+
+    iio.imwrite(path, make_grid(to_uint8(images, rescale), n_rows))
+    return path
+
+
+def save_video_grid(
+    frames: torch.Tensor,  # ((b t), C, H, W) in [-1, 1]
+    num_frames: int,  # t
+    path: str,  # .gif or .mp4
+    fps: int = 6,
+    rescale: bool = True,
+) -> str:
+    """All clips side by side in one animation: frame k of the file is the grid of every clip's frame k."""
+    import imageio.v3 as iio
+
+    clips = fold_frames(torch.from_numpy(to_uint8(frames, rescale)), num_frames).numpy()  # (b, t, H, W, 3)
+    video = np.stack([make_grid(clips[:, k]) for k in range(num_frames)])  # (t, H', W', 3)
+    if path.endswith(".gif"):
+        iio.imwrite(path, video, duration=1000 / fps, loop=0)
+    else:
+        video = video[:, : video.shape[1] // 2 * 2, : video.shape[2] // 2 * 2]  # even sizes for H.264
+        iio.imwrite(path, video, fps=fps, codec="libx264")
+    return path
+
+
+class ImageLogger(pl.Callback):
+    """Calls `pl_module.log_images(batch, **log_images_kwargs)` every `batch_frequency` steps."""
+
+    def __init__(
+        self,
+        batch_frequency: int,  # log every this many global steps
+        max_images: int,  # images (or clips) kept per key
+        clamp: bool = True,  # clamp to [-1, 1] before saving
+        increase_log_steps: bool = True,  # also log at steps 1, 2, 4, ... < batch_frequency
+        rescale: bool = True,  # images are in [-1, 1]
+        disabled: bool = False,
+        log_on_batch_idx: bool = False,  # count batch_idx instead of global_step
+        log_first_step: bool = False,  # also log at step 0
+        log_images_kwargs: dict | None = None,  # passed to log_images (N, num_steps, ucg_keys, ...)
+        log_before_first_step: bool = False,  # log once before the first optimisation step
+        enable_autocast: bool = True,  # accepted for upstream configs; sampling runs in model dtype
+        video_format: str = "gif",  # "gif" or "mp4" for video batches
+        fps: int = 6,  # frames per second of video files
+    ):
+        super().__init__()
+        self.batch_frequency = batch_frequency
+        self.max_images = max_images
+        self.clamp = clamp
+        self.rescale = rescale
+        self.disabled = disabled
+        self.log_on_batch_idx = log_on_batch_idx
+        self.log_first_step = log_first_step
+        self.log_before_first_step = log_before_first_step
+        self.log_images_kwargs = dict(log_images_kwargs or {})
+        self.log_steps = [2**n for n in range(int(np.log2(batch_frequency)) + 1)] if increase_log_steps else []
+        if video_format not in ("gif", "mp4"):
+            raise ValueError(f"ImageLogger.video_format must be 'gif' or 'mp4', got {video_format!r}")
+        self.video_format = video_format
+        self.fps = fps
+        self.saved: list[str] = []  # paths written, newest last
+
+    def check_frequency(self, step: int) -> bool:
+        if (step % self.batch_frequency == 0 or step in self.log_steps) and (step > 0 or self.log_first_step):
+            if step in self.log_steps:
+                self.log_steps.remove(step)
+            return True
+        return False
+
+    @rank_zero_only
+    def log_local(self, save_dir: str, split: str, images: dict, batch: dict, step: int, epoch: int,
+                  batch_idx: int) -> None:
+        root = os.path.join(save_dir, "images", split)
+        os.makedirs(root, exist_ok=True)
+        num_frames = batch.get("num_video_frames")
+        n_rows = self.log_images_kwargs.get("n_rows")
+        for key, value in images.items():
+            stem = os.path.join(root, f"{key}_gs-{step:06}_e-{epoch:06}_b-{batch_idx:06}")
+            if num_frames and value.shape[0] % num_frames == 0 and value.shape[0] > 1:
+                path = save_video_grid(value, num_frames, f"{stem}.{self.video_format}", self.fps, self.rescale)
+            else:
+                path = save_image_grid(value, f"{stem}.png", n_rows=n_rows, rescale=self.rescale)
+            self.saved.append(path)
+
+    def log_img(self, pl_module: pl.LightningModule, batch: dict, batch_idx: int, split: str = "train") -> None:
+        step = batch_idx if self.log_on_batch_idx else pl_module.global_step
+        if self.disabled or not self.check_frequency(step) or not hasattr(pl_module, "log_images"):
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            images = pl_module.log_images(batch, split=split, **self.log_images_kwargs)
+        frames = batch.get("num_video_frames") or 1
+        for key in list(images):
+            if isinstance(images[key], torch.Tensor):
+                value = images[key][: self.max_images * frames].detach().float().cpu()
+                images[key] = value.clamp(-1.0, 1.0) if self.clamp else value
+        save_dir = pl_module.logger.save_dir if pl_module.logger is not None else pl_module.trainer.default_root_dir
+        self.log_local(getattr(pl_module.trainer, "logdir", save_dir), split, images, batch, pl_module.global_step,
+                       pl_module.current_epoch, batch_idx)
+        if was_training:
+            pl_module.train()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: dict,
+                           batch_idx: int) -> None:
+        if not self.disabled and (pl_module.global_step > 0 or self.log_first_step):
+            self.log_img(pl_module, batch, batch_idx, split="train")
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: dict,
+                             batch_idx: int) -> None:
+        if self.log_before_first_step and pl_module.global_step == 0:
+            self.log_img(pl_module, batch, batch_idx, split="train")

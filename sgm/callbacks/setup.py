@@ -1,0 +1,49 @@
+"""Run-directory set-up: folders, the resolved config, and a crash checkpoint that never
+overwrites a good one."""
+from __future__ import annotations
+
+import os
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
+
+
+class SetupCallback(pl.Callback):
+    def __init__(
+        self,
+        resume: bool,  # True when continuing an existing run directory
+        now: str,  # timestamp used in saved config names
+        logdir: str,  # the run directory
+        ckptdir: str,  # <logdir>/checkpoints
+        cfgdir: str,  # <logdir>/configs
+        config: DictConfig,  # model + data (+ anything else) after merging
+        lightning_config: DictConfig,  # the `lightning` section after merging
+        debug: bool = False,  # no crash checkpoint in debug runs
+    ):
+        super().__init__()
+        self.resume = resume
+        self.now = now
+        self.logdir, self.ckptdir, self.cfgdir = logdir, ckptdir, cfgdir
+        self.config = config
+        self.lightning_config = lightning_config
+        self.debug = debug
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for folder in (self.logdir, self.ckptdir, self.cfgdir):
+            os.makedirs(folder, exist_ok=True)
+        OmegaConf.save(self.config, os.path.join(self.cfgdir, f"{self.now}-project.yaml"), resolve=True)
+        OmegaConf.save(OmegaConf.create({"lightning": self.lightning_config}),
+                       os.path.join(self.cfgdir, f"{self.now}-lightning.yaml"), resolve=True)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Keep the state of a failed run in its own file; last.ckpt stays the last good one."""
+        if self.debug or trainer.global_step == 0 or not trainer.is_global_zero:
+            return
+        path = os.path.join(self.ckptdir, f"crash-step={trainer.global_step:08}.ckpt")
+        try:
+            trainer.save_checkpoint(path)
+            print(f"saved the state at the failure to {path}")
+        except Exception as error:  # never mask the original failure
+            print(f"could not save a crash checkpoint: {error}")

@@ -1,0 +1,98 @@
+"""Reading weight files and loading them into modules with every problem named.
+
+Accepted files: `.safetensors` (released upstream weights, often fp16) and Lightning `.ckpt`
+(a dict whose `state_dict` holds the weights). Values are cast to each parameter's dtype on load,
+so fp16 files load into fp32 modules.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import nn
+
+
+class CheckpointError(RuntimeError):
+    """A weight file that cannot be read or does not fit the module; the message names the keys."""
+
+
+@dataclass
+class LoadReport:
+    path: str
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def summary(self, limit: int = 10) -> str:
+        def show(keys: list[str]) -> str:
+            more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+            return ", ".join(keys[:limit]) + more
+
+        parts = [f"loaded {self.path}"]
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing keys: {show(self.missing)}")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected keys: {show(self.unexpected)}")
+        if not self.missing and not self.unexpected:
+            parts.append("all keys matched")
+        return "; ".join(parts)
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Weights of a `.safetensors` or Lightning `.ckpt` file, on the CPU."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path, device="cpu")
+    if path.endswith((".ckpt", ".pt", ".pth")):
+        # Lightning checkpoints hold optimiser states and config objects besides tensors.
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        if isinstance(payload, dict) and "state_dict" in payload:
+            return payload["state_dict"]
+        if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
+            return payload
+        raise CheckpointError(f"{path}: expected a Lightning checkpoint with a 'state_dict' entry")
+    raise CheckpointError(f"unsupported checkpoint format '{os.path.splitext(path)[1]}' for {path}; "
+                          "use .safetensors or a Lightning .ckpt")
+
+
+def select_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Entries under `prefix` with the prefix removed (prefix '' keeps everything)."""
+    if not prefix:
+        return dict(state_dict)
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def load_weights(
+    module: nn.Module,  # destination
+    state_dict: dict[str, torch.Tensor],  # source, keys relative to `module`
+    path: str = "<state_dict>",  # for messages
+    required_prefixes: Iterable[str] = ("",),  # missing keys under these prefixes are errors
+) -> LoadReport:
+    """Load non-strictly, but fail on shape mismatches and on missing keys under `required_prefixes`."""
+    own = module.state_dict()
+    mismatched = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if mismatched:
+        raise CheckpointError(f"{path}: {len(mismatched)} tensors have the wrong shape: "
+                              + "; ".join(mismatched[:10]))
+    report = LoadReport(
+        path=path,
+        missing=sorted(k for k in own if k not in state_dict),
+        unexpected=sorted(k for k in state_dict if k not in own),
+    )
+    required = tuple(required_prefixes)
+    missing_required = [k for k in report.missing if k.startswith(required)]
+    if missing_required:
+        raise CheckpointError(
+            f"{path}: {len(missing_required)} required keys are missing, e.g. "
+            + ", ".join(missing_required[:5])
+        )
+    module.load_state_dict(state_dict, strict=False)
+    return report
