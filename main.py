@@ -121,14 +121,14 @@ def run_name(opt: argparse.Namespace, now: str) -> str:
 
 
 def load_config(paths: list[str], dotlist: list[str]):
-    from omegaconf import OmegaConf
+    from sgm.config import load_configs
 
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise CliError(f"config file not found: {missing[0]}")
     if not paths:
         raise CliError("no config given: use --base path/to/config.yaml (or -r to resume)")
-    return OmegaConf.merge(*[OmegaConf.load(p) for p in paths], OmegaConf.from_dotlist(dotlist))
+    return load_configs(paths, dotlist)
 
 
 def trainer_options(opt: argparse.Namespace, lightning_config) -> dict:
@@ -173,22 +173,24 @@ def summarize(model) -> str:
 
 
 def build_model(config, learning_rate: float | None, meta: bool = False):
+    """Instantiate `config.model` in place (so errors name keys like model.params.network_config)."""
     import torch
     from omegaconf import OmegaConf
 
     from sgm.util import instantiate_from_config
 
-    model_config = OmegaConf.create(OmegaConf.to_container(config.model, resolve=False))
-    params = model_config.setdefault("params", {})
+    params = config.model.get("params", None) or {}
+    extra = {}
     if learning_rate is not None:
         if "learning_rate" in params:
             raise CliError("give the learning rate once: model.base_learning_rate or model.params.learning_rate")
-        params["learning_rate"] = learning_rate
-    if meta:
-        params.pop("ckpt_path", None)  # nothing to load into meta tensors
-        with torch.device("meta"):
-            return instantiate_from_config(model_config)
-    return instantiate_from_config(model_config)
+        extra["learning_rate"] = learning_rate
+    if not meta:
+        return instantiate_from_config(config.model, **extra)
+    if params.get("ckpt_path"):
+        OmegaConf.update(config, "model.params.ckpt_path", None)  # nothing to load into meta tensors
+    with torch.device("meta"):
+        return instantiate_from_config(config.model, **extra)
 
 
 def batch_size_of(data_config) -> int:

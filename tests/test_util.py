@@ -105,3 +105,16 @@ def test_lr_schedules():
     assert cosine(10) == pytest.approx(1.0) and cosine(20) == pytest.approx(0.1) and cosine(100) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="one entry per cycle"):
         LambdaLinearScheduler(warm_up_steps=[1, 2], f_min=[0.0], f_max=[1.0], f_start=[0.0], cycle_lengths=[3])
+
+
+def test_config_base_includes_merge_and_detect_cycles(tmp_path):
+    from sgm.config import load_config
+
+    (tmp_path / "base.yaml").write_text("model:\n  a: 1\n  b: 2\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "overlay.yaml").write_text("_base_: ../base.yaml\nmodel:\n  b: 3\n")
+    config = load_config(str(tmp_path / "sub" / "overlay.yaml"))
+    assert config.model.a == 1 and config.model.b == 3 and "_base_" not in config
+    (tmp_path / "loop.yaml").write_text("_base_: loop.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        load_config(str(tmp_path / "loop.yaml"))

@@ -18,6 +18,10 @@ class CheckpointError(RuntimeError):
     """A weight file that cannot be read or does not fit the module; the message names the keys."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The weight file named by a config (`ckpt_path`) does not exist."""
+
+
 @dataclass
 class LoadReport:
     path: str
@@ -42,7 +46,7 @@ class LoadReport:
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Weights of a `.safetensors` or Lightning `.ckpt` file, on the CPU."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file not found: {path}")
+        raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 

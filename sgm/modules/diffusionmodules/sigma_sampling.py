@@ -1,0 +1,88 @@
+"""Training noise levels: `sampler(n_samples) -> (n_samples,)` sigmas, one per row.
+
+All samplers accept `rand` (pre-drawn randomness, upstream's hook), a torch `generator` and a
+`device` for the result (cpu by default).
+"""
+from __future__ import annotations
+
+import torch
+
+from sgm.util import instantiate_from_config
+
+Device = str | torch.device | None
+
+
+class EDMSampling:
+    """Karras et al. 2022, Table 1 "EDM" training distribution: ln sigma ~ N(p_mean, p_std^2)."""
+
+    def __init__(
+        self,
+        p_mean: float = -1.2,  # mean of ln sigma
+        p_std: float = 1.2,  # standard deviation of ln sigma
+    ) -> None:
+        self.p_mean = p_mean
+        self.p_std = p_std
+
+    def __call__(
+        self,
+        n_samples: int,
+        rand: torch.Tensor | None = None,  # (n_samples,) standard normal draws to use
+        generator: torch.Generator | None = None,
+        device: Device = None,
+    ) -> torch.Tensor:
+        if rand is None:
+            rand = torch.randn((n_samples,), generator=generator, device=_generator_device(generator))
+        log_sigma = self.p_mean + self.p_std * rand  # (n_samples,)
+        return _to(log_sigma.exp(), device)
+
+
+class DiscreteSampling:
+    """Uniform over a table of `num_idx` sigmas (e.g. the 1000 DDPM noise levels)."""
+
+    def __init__(
+        self,
+        discretization_config: dict,  # {target, params} of the schedule the table comes from
+        num_idx: int,  # table size
+        do_append_zero: bool = False,  # include sigma = 0 in the table
+        flip: bool = True,  # ascending table: index 0 is the smallest sigma
+    ) -> None:
+        discretization = instantiate_from_config(discretization_config)
+        self.num_idx = num_idx
+        self.sigmas = discretization(num_idx, do_append_zero=do_append_zero, flip=flip)  # (num_idx,)
+
+    def idx_to_sigma(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.sigmas[idx.to(self.sigmas.device)]
+
+    def __call__(
+        self,
+        n_samples: int,
+        rand: torch.Tensor | None = None,  # (n_samples,) integer indices to use
+        generator: torch.Generator | None = None,
+        device: Device = None,
+    ) -> torch.Tensor:
+        if rand is None:
+            device_ = _generator_device(generator)
+            rand = torch.randint(0, self.num_idx, (n_samples,), generator=generator, device=device_)
+        return _to(self.idx_to_sigma(rand), device)
+
+
+class ZeroSampler:
+    """A constant, almost-zero noise level 1e-5 per row (SV4D's "noise" on conditioning latents)."""
+
+    def __call__(
+        self,
+        n_samples: int,
+        rand: torch.Tensor | None = None,  # only its length is used
+        generator: torch.Generator | None = None,  # unused; accepted for a uniform signature
+        device: Device = None,
+    ) -> torch.Tensor:
+        n = n_samples if rand is None else rand.shape[0]
+        return torch.full((n,), 1.0e-5, device=device)
+
+
+def _generator_device(generator: torch.Generator | None) -> torch.device:
+    return torch.device("cpu") if generator is None else generator.device
+
+
+def _to(x: torch.Tensor, device: Device) -> torch.Tensor:
+    return x if device is None else x.to(device)
