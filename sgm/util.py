@@ -64,7 +64,7 @@ def get_obj_from_str(string: str, reload: bool = False) -> Any:
     return getattr(module, attr)
 
 
-def instantiate_from_config(config: Any, **extra_params: Any) -> Any:
+def instantiate_from_config(config: Any, /, **extra_params: Any) -> Any:
     """Build `target(**params, **extra_params)` from a `{target, params}` mapping.
 
     Returns None for upstream's placeholder strings. Errors name the target and, for OmegaConf

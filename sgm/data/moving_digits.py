@@ -46,12 +46,16 @@ class MovingDigits(Dataset):
         num_frames: int = 8,  # t
         size: int = 16,  # canvas side in pixels
         max_speed: int = 2,  # |vx|, |vy| <= max_speed pixels per frame
+        channels: int = 1,  # 1 (grey) or 3 (grey repeated, for RGB models such as SVD's)
         seed: int = 0,  # trajectories are a fixed function of (seed, index)
     ):
         self.images, self.labels = load_digits_split(split)
         if size < self.images.shape[-1]:
             raise ValueError(f"canvas size {size} is smaller than the {self.images.shape[-1]}px digits")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
         self.num_frames, self.size, self.max_speed, self.seed = num_frames, size, max_speed, seed
+        self.channels = channels
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -67,9 +71,9 @@ class MovingDigits(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         xs, ys, speed = self.trajectory(index)
-        video = render_clip(self.images[index], xs, ys, self.size)
+        video = torch.from_numpy(render_clip(self.images[index], xs, ys, self.size))
         return {
-            "video": torch.from_numpy(video),  # (t, 1, size, size)
+            "video": video.repeat(1, self.channels, 1, 1),  # (t, channels, size, size)
             "cls": int(self.labels[index]),
             "motion_bucket_id": float(MOTION_BUCKET_PER_PIXEL * speed),
         }
@@ -103,6 +107,7 @@ class MovingDigitsDataModule(pl.LightningDataModule):
         num_frames: int = 8,  # t
         size: int = 16,  # canvas side
         max_speed: int = 2,  # pixels per frame
+        channels: int = 1,  # 1 or 3
         fps_id: float = 6,  # constant fps micro-conditioning
         cond_aug: float = 0.02,  # noise on the conditioning frame
         input_key: str = "frames",  # batch key of the target frames
@@ -111,7 +116,7 @@ class MovingDigitsDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.dataset_kwargs = dict(num_frames=num_frames, size=size, max_speed=max_speed, seed=seed)
+        self.dataset_kwargs = dict(num_frames=num_frames, size=size, max_speed=max_speed, channels=channels, seed=seed)
         self.collate = VideoCollate(fps_id=fps_id, cond_aug=cond_aug, input_key=input_key)
 
     def setup(self, stage: str | None = None) -> None:

@@ -12,7 +12,14 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from sgm.util import ConfigError, append_dims, default, instantiate_from_config, mean_flat
+from sgm.util import (
+    ConfigError,
+    append_dims,
+    broadcast_cond_to_rows,
+    default,
+    instantiate_from_config,
+    mean_flat,
+)
 
 LOSS_TYPES = ("l2", "l1")
 
@@ -61,7 +68,8 @@ class StandardDiffusionLoss(nn.Module):
         input: torch.Tensor,  # (N, ...) clean latents x0
         batch: dict,
     ) -> torch.Tensor:
-        """Per-row loss, shape (N,)."""
+        """Per-row loss, shape (N,). Per-clip conditioning is repeated to the clip's frames."""
+        cond = broadcast_cond_to_rows(cond, input.shape[0])
         additional_model_inputs = {key: batch[key] for key in self.batch2model_keys if key in batch}
         num_frames = frames_per_clip(batch, input.shape[0])
         sigma = self.sample_sigmas(input, num_frames)  # (N,)

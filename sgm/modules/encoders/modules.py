@@ -379,9 +379,13 @@ class FrozenOpenCLIPImageEmbedder(AbstractEmbModel):
         output_tokens: bool = False,  # return (tokens, pooled)
         init_device: str | torch.device | None = None,  # device to build on (default: current default)
         pretrained: bool = False,  # load `version` weights through open_clip (downloads)
+        arch_config: Mapping[str, Any] | None = None,  # open_clip model config registered as `arch`
     ):
         super().__init__()
         import open_clip  # heavy; imported only when a CLIP embedder is built
+
+        if arch_config is not None:
+            register_open_clip_arch(arch, arch_config)
 
         build_device = init_device if init_device is not None else torch.get_default_device()
         with _quiet_random_init(enabled=not pretrained):
@@ -459,6 +463,34 @@ class FrozenOpenCLIPImageEmbedder(AbstractEmbModel):
 class _RandomInitWarningFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "No pretrained weights loaded" not in record.getMessage()
+
+
+def register_open_clip_arch(name: str, config: Mapping[str, Any]) -> None:
+    """Make an open_clip architecture from a config dict (embed_dim, vision_cfg, text_cfg) buildable
+    by name, e.g. a tiny CLIP for CPU toy models. Uses open_clip's public `add_model_config`."""
+    import json
+    import os
+    import tempfile
+
+    import open_clip
+
+    if not isinstance(config, Mapping) or not {"embed_dim", "vision_cfg"} <= set(config):
+        raise ConfigError(f"arch_config for '{name}' needs at least 'embed_dim' and 'vision_cfg'")
+    plain = json.loads(json.dumps(_to_plain(config)))
+    plain.setdefault("text_cfg", {"context_length": 77, "vocab_size": 64, "width": 32, "heads": 1, "layers": 1})
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, f"{name}.json")
+        with open(path, "w") as f:
+            json.dump(plain, f)
+        open_clip.add_model_config(path)
+
+
+def _to_plain(config: Any) -> Any:
+    if isinstance(config, Mapping):
+        return {str(k): _to_plain(v) for k, v in config.items()}
+    if isinstance(config, (list, tuple)) or type(config).__name__ == "ListConfig":
+        return [_to_plain(v) for v in config]
+    return config
 
 
 @contextmanager
