@@ -12,8 +12,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = "configs/example_training/toy/digits_cond.yaml"
 # A smaller network and batch keep the test runs to seconds.
 SMALL = [
-    "model.params.network_config.params.model_channels=16",
-    "model.params.network_config.params.num_res_blocks=1",
     "data.params.batch_size=32",
     "lightning.callbacks.image_logger.params.batch_frequency=20",
     "lightning.callbacks.image_logger.params.log_images_kwargs.N=8",

@@ -2,7 +2,8 @@
 
 Accepted files: `.safetensors` (released upstream weights, often fp16) and Lightning `.ckpt`
 (a dict whose `state_dict` holds the weights). Values are cast to each parameter's dtype on load,
-so fp16 files load into fp32 modules.
+so fp16 files load into fp32 modules; modules built on the meta device are filled without first
+materialising random weights.
 """
 from __future__ import annotations
 
@@ -76,7 +77,11 @@ def load_weights(
     path: str = "<state_dict>",  # for messages
     required_prefixes: Iterable[str] = ("",),  # missing keys under these prefixes are errors
 ) -> LoadReport:
-    """Load non-strictly, but fail on shape mismatches and on missing keys under `required_prefixes`."""
+    """Load non-strictly, but fail on shape mismatches and on missing keys under `required_prefixes`.
+
+    A module built on the meta device (no storage) receives the file's tensors themselves
+    (`assign=True`), cast to each parameter's dtype, so a full-size model never holds random weights.
+    """
     own = module.state_dict()
     mismatched = [
         f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -98,5 +103,28 @@ def load_weights(
             f"{path}: {len(missing_required)} required keys are missing, e.g. "
             + ", ".join(missing_required[:5])
         )
-    module.load_state_dict(state_dict, strict=False)
+    if _has_meta_tensors(own.values()):
+        # Built under `torch.device("meta")`: adopt the file's tensors instead of copying into
+        # storage that does not exist. Keys missing from the file stay on meta.
+        module.load_state_dict(_cast_like(state_dict, own), strict=False, assign=True)
+    else:
+        module.load_state_dict(state_dict, strict=False)
     return report
+
+
+def _has_meta_tensors(tensors: Iterable[torch.Tensor]) -> bool:
+    return any(t.is_meta for t in tensors)
+
+
+def _cast_like(state_dict: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each known entry in the dtype of the tensor it replaces (fp16 file -> fp32 module, as a copying
+    load would do) and on that tensor's device unless it is meta; unknown entries unchanged."""
+    cast = {}
+    for key, value in state_dict.items():
+        target = own.get(key)
+        if target is None:
+            cast[key] = value
+            continue
+        device = value.device if target.is_meta else target.device
+        cast[key] = value.to(device=device, dtype=target.dtype)
+    return cast

@@ -393,6 +393,8 @@ class FrozenOpenCLIPImageEmbedder(AbstractEmbModel):
                 arch, pretrained=version if pretrained else None, device=build_device
             )
         del model.transformer  # text tower; its leftovers stay for checkpoint compatibility
+        if "attn_mask" in model._buffers:  # the text tower's causal mask (non-persistent, unused now)
+            del model.attn_mask
         self.model = model
         self.device = device
         self.max_length = max_length
@@ -407,8 +409,9 @@ class FrozenOpenCLIPImageEmbedder(AbstractEmbModel):
                 "FrozenOpenCLIPImageEmbedder: repeat_to_max_len excludes output_tokens and num_image_crops"
             )
         self.model.visual.output_tokens = output_tokens
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD), persistent=False)
+        # Constants, never in checkpoints: real CPU tensors even when the model is built on meta.
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN, device="cpu"), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD, device="cpu"), persistent=False)
         if freeze:
             self.freeze()
 
