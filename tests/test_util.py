@@ -118,3 +118,14 @@ def test_config_base_includes_merge_and_detect_cycles(tmp_path):
     (tmp_path / "loop.yaml").write_text("_base_: loop.yaml\n")
     with pytest.raises(ValueError, match="cycle"):
         load_config(str(tmp_path / "loop.yaml"))
+
+
+def test_importing_sgm_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, sgm, sgm.modules, sgm.models.autoencoder, sgm.modules.diffusionmodules.sampling, "
+            "sgm.modules.diffusionmodules.video_model; "
+            "print([m for m in ('pytorch_lightning', 'open_clip', 'kornia', 'torchvision') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
