@@ -68,6 +68,21 @@ def test_train_logs_samples_and_resume_continues_the_step_count(tmp_path):
     steps = [s for s, _ in logged(logdir, "loss")]
     assert max(steps) >= 49 and len([s for s in steps if s >= 40]) >= 9  # continued from step 40
 
+    # Export (EMA weights, upstream key names) and load into a plain DiffusionEngine.
+    out = subprocess.run([sys.executable, "scripts/export_student.py", logdir, "--out", str(tmp_path / "export")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    from sgm.config import load_config
+    from sgm.util import instantiate_from_config
+
+    config = load_config(str(tmp_path / "export" / "inference.yaml"))
+    config.model.params.ckpt_path = str(tmp_path / "export" / "model.safetensors")
+    engine = instantiate_from_config(config.model)  # raises on missing network keys
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+    key = "model.diffusion_model.out.2.weight"
+    ema = ckpt["model_ema." + key[len("model."):].replace(".", "")]
+    assert torch.allclose(engine.state_dict()[key], ema, atol=1e-3)  # fp16 round trip of the EMA weights
+
 
 @pytest.mark.parametrize(
     "args, expected",
