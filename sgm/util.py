@@ -165,13 +165,14 @@ def broadcast_cond_to_rows(cond: dict, rows: int) -> dict:
     Video batches keep the clip-level conditioning (CLIP token, VAE latent of the first frame)
     once per clip; the network needs one row per frame. Other keys pass through unchanged.
     """
-    out = dict(cond)
+    out = cond  # returned as is (same object) when every slot already has `rows` rows
     for key in ROW_ALIGNED_COND_KEYS:
-        value = out.get(key)
+        value = cond.get(key)
         if not isinstance(value, torch.Tensor) or value.shape[0] == rows:
             continue
         if rows % value.shape[0] != 0:
             raise ValueError(f"conditioning '{key}' has {value.shape[0]} rows, which does not divide "
                              f"the {rows} rows of the input")
+        out = dict(out) if out is cond else out
         out[key] = value.repeat_interleave(rows // value.shape[0], dim=0)
     return out
