@@ -76,6 +76,31 @@ class BaseDiffusionSampler:
             return tqdm(steps, desc=f"Sampling with {type(self).__name__} for {len(steps)} steps")
         return steps
 
+    def sampler_step(
+        self,
+        sigma: torch.Tensor,  # (N,) sigma_i
+        next_sigma: torch.Tensor,  # (N,) sigma_{i+1}
+        denoiser: DenoiserFn,
+        x: torch.Tensor,  # (N, ...) x_i
+        cond: dict,
+        uc: dict | None = None,
+    ) -> torch.Tensor:
+        """One step sigma -> next_sigma; samplers whose step carries state override `__call__` too."""
+        raise NotImplementedError(f"{type(self).__name__} must implement sampler_step")
+
+    def __call__(
+        self,
+        denoiser: DenoiserFn,
+        x: torch.Tensor,  # (N, ...) unit Gaussian noise
+        cond: dict,
+        uc: dict | None = None,
+        num_steps: int | None = None,
+    ) -> torch.Tensor:
+        x, s_in, sigmas, num_sigmas, cond, uc = self.prepare_sampling_loop(x, cond, uc, num_steps)
+        for i in self.get_sigma_gen(num_sigmas):
+            x = self.sampler_step(s_in * sigmas[i], s_in * sigmas[i + 1], denoiser, x, cond, uc)
+        return x
+
     @staticmethod
     def euler_step(x: torch.Tensor, d: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
         return x + dt * d
@@ -206,30 +231,6 @@ class AncestralSampler(BaseDiffusionSampler):
     ) -> torch.Tensor:
         noised = x + torch.randn_like(x) * self.s_noise * append_dims(sigma_up, x.ndim)
         return torch.where(append_dims(next_sigma, x.ndim) > 0.0, noised, x)
-
-    def sampler_step(
-        self,
-        sigma: torch.Tensor,
-        next_sigma: torch.Tensor,
-        denoiser: DenoiserFn,
-        x: torch.Tensor,
-        cond: dict,
-        uc: dict | None = None,
-    ) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __call__(
-        self,
-        denoiser: DenoiserFn,
-        x: torch.Tensor,  # (N, ...) unit Gaussian noise
-        cond: dict,
-        uc: dict | None = None,
-        num_steps: int | None = None,
-    ) -> torch.Tensor:
-        x, s_in, sigmas, num_sigmas, cond, uc = self.prepare_sampling_loop(x, cond, uc, num_steps)
-        for i in self.get_sigma_gen(num_sigmas):
-            x = self.sampler_step(s_in * sigmas[i], s_in * sigmas[i + 1], denoiser, x, cond, uc)
-        return x
 
 
 class EulerAncestralSampler(AncestralSampler):

@@ -37,18 +37,5 @@ class FewStepSampler(BaseDiffusionSampler):
         """The K nonzero sigmas of the schedule -> (K,) descending (what training rolls out)."""
         return self.discretization(self.num_steps, do_append_zero=False, device=device)
 
-    def __call__(
-        self,
-        denoiser: DenoiserFn,
-        x: torch.Tensor,  # (N, ...) unit Gaussian noise
-        cond: dict,
-        uc: dict | None = None,
-        num_steps: int | None = None,
-    ) -> torch.Tensor:
-        x, s_in, sigmas, num_sigmas, cond, uc = self.prepare_sampling_loop(x, cond, uc, num_steps)
-        for i in self.get_sigma_gen(num_sigmas):
-            x = self.sampler_step(s_in * sigmas[i], s_in * sigmas[i + 1], denoiser, x, cond, uc)
-        return x
-
 
 __all__ = ["FewStepSampler"]
