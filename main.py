@@ -77,14 +77,12 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def split_base_and_dotlist(base: list[str], unknown: list[str]) -> tuple[list[str], list[str]]:
-    """`--base a.yaml key=value` would swallow the override (upstream trap): move it back."""
-    configs = [b for b in base if not ("=" in b and not b.endswith((".yaml", ".yml")))]
-    dotlist = [b for b in base if b not in configs] + list(unknown)
-    bad = [d for d in dotlist if "=" not in d or d.startswith("-")]
+def check_overrides(args: list[str]) -> list[str]:
+    """Arguments argparse did not take must be `key.path=value` overrides."""
+    bad = [a for a in args if "=" not in a or a.startswith("-")]
     if bad:
         raise CliError(f"unrecognised arguments: {' '.join(bad)} (overrides are written key.path=value)")
-    return configs, dotlist
+    return args
 
 
 def resolve_resume(resume: str) -> tuple[str, str, list[str]]:
@@ -205,8 +203,12 @@ def main(argv: list[str] | None = None) -> int:
 
     now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
     sys.path.append(os.getcwd())
-    opt, unknown = get_parser().parse_known_args(argv)
-    opt.base, dotlist = split_base_and_dotlist(opt.base, unknown)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Dot-list overrides are taken out first: otherwise `--base` (nargs *) or a bare boolean flag
+    # such as `--wandb` would swallow the `key=value` that follows it (an upstream trap).
+    overrides = [a for a in argv if "=" in a and not a.startswith("-") and not a.endswith((".yaml", ".yml"))]
+    opt, unknown = get_parser().parse_known_args([a for a in argv if a not in overrides])
+    dotlist = check_overrides(unknown + overrides)
     if opt.name and opt.resume:
         raise CliError("-n/--name and -r/--resume cannot be combined")
 

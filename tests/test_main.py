@@ -98,3 +98,11 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, args, expected):
     assert out.returncode != 0
     last_line = out.stderr.strip().splitlines()[-1]
     assert expected in last_line and last_line.startswith("main.py: error")
+
+
+def test_overrides_after_base_and_bare_flags_are_not_swallowed():
+    # upstream's --base (nargs *) and `--flag` booleans used to eat the key=value after them
+    out = run_main("--base", DIGITS, "model.params.input_key=jpg", "--wandb", "data.params.batch_size=8", "--dry-run")
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = run_main("--base", DIGITS, "--dry-run", "--bogus")
+    assert out.returncode == 2 and "unrecognised arguments: --bogus" in out.stderr
