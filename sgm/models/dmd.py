@@ -266,6 +266,9 @@ class DMDEngine(DiffusionEngine):
         loss = self.critic_loss_fn._forward(None, critic_denoiser, inputs.cond, x0, batch).mean()
         log = {"loss/critic": loss.detach(), "critic/exit_step": float(exit_step)}
         if self.gan_head is not None:
+            if self.input_key not in batch:
+                raise ConfigError(f"the GAN term needs real data: the batch has no '{self.input_key}' "
+                                  f"(keys: {sorted(batch)}); use a data module that yields target frames")
             x_real = self.encode_first_stage(self.get_input(batch))
             logits_real, logits_fake = self.gan_logits(x_real, inputs), self.gan_logits(x0, inputs)
             loss_gan = gan_critic_loss(logits_real, logits_fake)
