@@ -25,12 +25,7 @@ TINY = ["model.params.network_config.params.model_channels=32", "model.params.ne
         "model.params.network_config.params.channel_mult=[1]"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
 
 
 class MemoryLogger(Logger):

@@ -28,12 +28,7 @@ TINY = [  # one level, one res block: ~0.2M parameters per role
 GAN_TINY = ["model.params.gan_head_config.params.in_channels=32"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
 
 
 @pytest.fixture(scope="module")

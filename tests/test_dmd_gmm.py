@@ -17,7 +17,6 @@ About 17 s on one CPU thread.
 """
 import math
 
-import pytest
 import torch
 
 from sgm.models.dmd import DMDEngine
@@ -80,15 +79,6 @@ def mode_statistics(x: torch.Tensor) -> tuple[torch.Tensor, float]:
     occupancy = torch.stack([(nearest == k).float().mean() for k in range(len(MEANS))])
     near = float((dist.min(dim=1).values < 4 * STD).float().mean())
     return occupancy, near
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny matrices: one thread is several times faster than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_one_step_generator_matches_the_mixture(one_thread):

@@ -22,12 +22,7 @@ SVD_UNET_PARAMS = 1_524_623_082
 B, T = 2, 8  # clips, frames
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
 
 
 def save_tiny_teacher(path: str) -> str:

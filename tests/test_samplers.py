@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from diffusion_helpers import GaussianData, cfg, golden_facts
-from sgm.modules.diffusionmodules import sampling
 from sgm.modules.diffusionmodules.sampling_utils import get_ancestral_step, linear_multistep_coeff, to_d
 from sgm.util import instantiate_from_config
 

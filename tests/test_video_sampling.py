@@ -5,7 +5,6 @@ import sys
 import imageio.v3 as iio
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import save_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
