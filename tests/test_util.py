@@ -129,3 +129,15 @@ def test_importing_sgm_stays_light():
             "print([m for m in ('pytorch_lightning', 'open_clip', 'kornia', 'torchvision') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_torchvision_shim_lets_lightning_and_open_clip_import():
+    import subprocess
+    import sys
+
+    code = ("import sgm, sgm.compat as c, pytorch_lightning, open_clip, torchvision.transforms; "
+            "print(c.torchvision_ops_loadable(), isinstance(sys.modules.get('torchvision._meta_registrations'), c._Stub))")
+    out = subprocess.run([sys.executable, "-c", "import sys; " + code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ops_loadable, stubbed = out.stdout.split()
+    assert stubbed == str(ops_loadable == "False")  # stubbed exactly when the compiled ops cannot load
