@@ -150,6 +150,16 @@ def unfold_frames(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
+def frames_to_clips(x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """`(b t) c h w` -> `b c t h w`: the layout of 3-D (temporal) convolutions."""
+    return fold_frames(x, num_frames).permute(0, 2, 1, 3, 4)
+
+
+def clips_to_frames(x: torch.Tensor) -> torch.Tensor:
+    """`b c t h w` -> `(b t) c h w`."""
+    return unfold_frames(x.permute(0, 2, 1, 3, 4))
+
+
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
     """Mean over all non-batch dims."""
     return x.reshape(x.shape[0], -1).mean(dim=1)

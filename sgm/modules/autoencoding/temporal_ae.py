@@ -21,20 +21,10 @@ import torch
 from torch import nn
 
 from sgm.modules.diffusionmodules.model import Decoder, ResnetBlock
-from sgm.util import fold_frames, unfold_frames
+from sgm.util import clips_to_frames, frames_to_clips
 
 TIME_MODES = ("conv-only", "attn-only", "all")
 MERGE_STRATEGIES = ("learned", "fixed")
-
-
-def frames_to_clips(x: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """`(b t) c h w` -> `b c t h w`."""
-    return fold_frames(x, num_frames).permute(0, 2, 1, 3, 4)
-
-
-def clips_to_frames(x: torch.Tensor) -> torch.Tensor:
-    """`b c t h w` -> `(b t) c h w`."""
-    return unfold_frames(x.permute(0, 2, 1, 3, 4))
 
 
 def _kernel_3d(kernel_size: int | Sequence[int]) -> tuple[int, int, int]:

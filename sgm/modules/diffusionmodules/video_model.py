@@ -11,7 +11,6 @@ from numbers import Integral
 from typing import Sequence
 
 import torch
-from einops import rearrange
 from torch import nn
 
 from sgm.modules.attention import check_attention_type
@@ -24,7 +23,7 @@ from sgm.modules.diffusionmodules.openaimodel import (
 )
 from sgm.modules.diffusionmodules.util import AlphaBlender
 from sgm.modules.video_attention import SpatialVideoTransformer
-from sgm.util import default
+from sgm.util import clips_to_frames, default, fold_frames, frames_to_clips
 
 
 class VideoResBlock(ResBlock):
@@ -83,11 +82,11 @@ class VideoResBlock(ResBlock):
         if num_video_frames is None:
             raise ValueError("VideoResBlock needs num_video_frames")
         x = super().forward(x, emb)  # (B*T, C_out, H, W)
-        x_spatial = rearrange(x, "(b t) c h w -> b c t h w", t=num_video_frames)
-        emb_per_frame = rearrange(emb, "(b t) e -> b t e", t=num_video_frames)
+        x_spatial = frames_to_clips(x, num_video_frames)  # (B, C_out, T, H, W)
+        emb_per_frame = fold_frames(emb, num_video_frames)  # (B, T, E)
         x_temporal = self.time_stack(x_spatial, emb_per_frame)  # (B, C_out, T, H, W)
         x = self.time_mixer(x_spatial, x_temporal, image_only_indicator)
-        return rearrange(x, "b c t h w -> (b t) c h w")
+        return clips_to_frames(x)  # (B*T, C_out, H, W)
 
 
 @dataclass(frozen=True)
