@@ -283,14 +283,13 @@ class DMDProbe:
         return out
 
     def dmd_stats(self, engine, batch: dict) -> tuple[dict[str, float], dict[str, torch.Tensor], int]:
-        from sgm.modules.distillation.losses import clip_sigmas, dmd_loss
+        from sgm.modules.distillation.losses import dmd_loss
         from sgm.modules.distillation.rollout import STREAM_GENERATOR
 
         with preserved_rng():  # the generator step's own x0, sigmas and noise
             inputs = engine.prepare_inputs(batch)
             x0, _ = engine.rollout(inputs, STREAM_GENERATOR)  # (N, ...)
-            sigma = clip_sigmas(engine.dmd_sigma_sampler, x0.shape[0], inputs.num_frames, x0.device)  # (N,)
-            x_t = x0 + append_dims(sigma, x0.ndim) * torch.randn_like(x0)
+            x_t, sigma = engine.noised(x0, engine.dmd_sigma_sampler, inputs)  # the engine's own noising
         kwargs = inputs.model_kwargs
         pred_real = engine.real_score(x_t, sigma, inputs.cond, uc=inputs.uc, **kwargs)  # (N, ...)
         pred_fake = engine.fake_score(x_t, sigma, inputs.cond, **kwargs)

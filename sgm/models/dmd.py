@@ -209,13 +209,14 @@ class DMDEngine(DiffusionEngine):
         noise = torch.randn(inputs.shape, device=self.device)  # (N, ...)
         return backward_simulation(self.generator_fn(inputs), sigmas, noise, exit_step), exit_step
 
-    def _noised(self, x0: torch.Tensor, sampler, inputs: DMDInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def noised(self, x0: torch.Tensor, sampler, inputs: DMDInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t = x0 + sigma * eps with one sigma per clip from `sampler` -> (x_t, sigma (N,))."""
         sigma = clip_sigmas(sampler, x0.shape[0], inputs.num_frames, x0.device)  # (N,) one per clip
         return x0 + append_dims(sigma, x0.ndim) * torch.randn_like(x0), sigma  # x_t = x0 + sigma eps
 
     def gan_logits(self, x0: torch.Tensor, inputs: DMDInputs) -> torch.Tensor:
         """Classifier logits (N,) on the critic's bottleneck at x0 + sigma eps (critic sigmas)."""
-        x_t, sigma = self._noised(x0, self.critic_loss_fn.sigma_sampler, inputs)
+        x_t, sigma = self.noised(x0, self.critic_loss_fn.sigma_sampler, inputs)
         _, h_mid = self.fake_score(x_t, sigma, inputs.cond, return_features=True, **inputs.model_kwargs)
         return self.gan_head(h_mid)
 
@@ -224,7 +225,7 @@ class DMDEngine(DiffusionEngine):
         """DESIGN.md steps 1-5: DMD (+ GAN, + regression). The critic gets no gradient from it."""
         inputs = self.prepare_inputs(batch)
         x0, exit_step = self.rollout(inputs, STREAM_GENERATOR)  # (N, ...) with grad
-        x_t, sigma = self._noised(x0.detach(), self.dmd_sigma_sampler, inputs)
+        x_t, sigma = self.noised(x0.detach(), self.dmd_sigma_sampler, inputs)
         with torch.no_grad():
             pred_real = self.real_score(x_t, sigma, inputs.cond, uc=inputs.uc, **inputs.model_kwargs)
             pred_fake = self.fake_score(x_t, sigma, inputs.cond, **inputs.model_kwargs)
