@@ -321,6 +321,8 @@ def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config) 
     )
     callbacks = []
     for name, cfg in callbacks_config.items():
+        if cfg is None:  # switched off with `lightning.callbacks.<name>=null`
+            continue
         if name == "metrics_over_trainsteps_checkpoint":
             cfg = OmegaConf.merge({"target": "pytorch_lightning.callbacks.ModelCheckpoint", "params": {
                 "dirpath": os.path.join(ckptdir, "trainstep_checkpoints"), "filename": "{epoch:06}-{step:09}",

@@ -11,7 +11,6 @@ coverage. NFE counts network evaluations per sample (CFG doubles them).
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 import time
@@ -21,29 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import sgm  # noqa: E402,F401
-
-
-def load_run(run: str, ckpt: str | None = None):
-    """Engine from a main.py run directory (its saved configs) and its last (or given) checkpoint."""
-    from sgm.config import load_configs
-    from sgm.util import instantiate_from_config
-
-    configs = sorted(glob.glob(os.path.join(run, "configs", "*-project.yaml")))
-    if not configs:
-        raise SystemExit(f"error: no saved configs in {run}/configs")
-    config = load_configs(configs)
-    config.model.params.ckpt_path = ckpt or os.path.join(run, "checkpoints", "last.ckpt")
-    return instantiate_from_config(config.model).eval()
-
-
-def network_evaluations(engine, num_steps: int) -> int:
-    """Network evaluations per sample for the engine's sampler (Heun: 2 per step but the last)."""
-    from sgm.modules.diffusionmodules.guiders import IdentityGuider
-    from sgm.modules.diffusionmodules.sampling import HeunEDMSampler
-
-    per_step = 2 * num_steps - 1 if isinstance(engine.sampler, HeunEDMSampler) else num_steps
-    cfg = 1 if isinstance(engine.sampler.guider, IdentityGuider) else 2
-    return per_step * cfg
+from sgm.evaluation.engines import load_engine, network_evaluations  # noqa: E402
 
 
 @torch.no_grad()
@@ -83,7 +60,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    engine = load_run(args.run, args.ckpt)
+    engine = load_engine(args.run, args.ckpt)
     rows = []
     print("| steps | NFE | accuracy | FD | coverage | s/sample |")
     print("|---:|---:|---:|---:|---:|---:|")

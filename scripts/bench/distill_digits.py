@@ -87,9 +87,11 @@ def distil_student(bench_dir: str, teacher_dir: str, steps: int, args: argparse.
 
 
 def score(run_dir: str, model: str, steps_list: list[int], args: argparse.Namespace) -> list[dict]:
-    from digits_eval import evaluate, load_run
+    from digits_eval import evaluate
 
-    engine = load_run(run_dir)
+    from sgm.evaluation.engines import load_engine
+
+    engine = load_engine(run_dir)
     rows = []
     for steps in steps_list:
         r = evaluate(engine, steps, n=args.n, seed=args.seed)

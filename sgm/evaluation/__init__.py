@@ -1,0 +1,1 @@
+"""Loading trained engines and scoring their samples (benchmarks, evaluation callbacks)."""

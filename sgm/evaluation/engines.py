@@ -1,0 +1,40 @@
+"""Engines to evaluate, from what main.py and scripts/export_student.py leave on disk.
+
+    load_engine("logs/<run dir>")            the run's saved configs + checkpoints/last.ckpt
+    load_engine("logs/<run dir>", ckpt=...)  another checkpoint of that run
+    load_engine("students/<export dir>")     inference.yaml + model.safetensors (export_student.py)
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+import torch
+
+
+def load_engine(path: str, ckpt: str | None = None, device: str | torch.device = "cpu"):
+    """An engine in eval mode from a run directory or an export directory."""
+    from sgm.config import load_configs
+    from sgm.util import instantiate_from_config
+
+    configs = sorted(glob.glob(os.path.join(path, "configs", "*-project.yaml")))
+    if configs:  # a main.py run
+        config = load_configs(configs)
+        config.model.params.ckpt_path = ckpt or os.path.join(path, "checkpoints", "last.ckpt")
+    elif os.path.isfile(os.path.join(path, "inference.yaml")):  # an export
+        config = load_configs([os.path.join(path, "inference.yaml")])
+        config.model.params.ckpt_path = ckpt or os.path.join(path, "model.safetensors")
+    else:
+        raise FileNotFoundError(f"{path}: neither a main.py run (configs/*-project.yaml) nor an export "
+                                "(inference.yaml + model.safetensors)")
+    return instantiate_from_config(config.model).eval().to(device)
+
+
+def network_evaluations(engine, num_steps: int) -> int:
+    """Network evaluations per sample of the engine's sampler (Heun: 2 per step but the last; CFG: x2)."""
+    from sgm.modules.diffusionmodules.guiders import IdentityGuider
+    from sgm.modules.diffusionmodules.sampling import HeunEDMSampler
+
+    per_step = 2 * num_steps - 1 if isinstance(engine.sampler, HeunEDMSampler) else num_steps
+    cfg = 1 if isinstance(engine.sampler.guider, IdentityGuider) else 2
+    return per_step * cfg
