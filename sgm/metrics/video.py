@@ -22,8 +22,8 @@ def ink_centers(clips: torch.Tensor) -> torch.Tensor:
     """(b, t, C, H, W) -> (b, t, 2) centre of mass (y, x) of the ink (x + 1) / 2, in pixels."""
     ink = (_check(clips).mean(dim=2) + 1.0) / 2.0  # (b, t, H, W)
     h, w = ink.shape[-2:]
-    ys = torch.arange(h, dtype=ink.dtype).view(1, 1, h, 1)
-    xs = torch.arange(w, dtype=ink.dtype).view(1, 1, 1, w)
+    ys = torch.arange(h, dtype=ink.dtype, device=ink.device).view(1, 1, h, 1)
+    xs = torch.arange(w, dtype=ink.dtype, device=ink.device).view(1, 1, 1, w)
     mass = ink.sum(dim=(-2, -1)).clamp(min=1e-6)  # (b, t)
     return torch.stack([(ink * ys).sum(dim=(-2, -1)) / mass, (ink * xs).sum(dim=(-2, -1)) / mass], dim=-1)
 
