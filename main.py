@@ -264,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         base_lr = accumulate * n_devices * batch_size_of(config.data) * base_lr
         print(f"learning rate scaled to {base_lr:.2e}")
     model = build_model(config, base_lr)
+    if opt.train and not isinstance(model, pl.LightningModule):
+        raise CliError(f"model.target {config.model.target} builds a {type(model).__name__}, which is not a "
+                       "LightningModule and cannot be trained (a KL autoencoder trains as "
+                       "sgm.models.autoencoder_training.TrainableAutoencodingEngine)")
 
     from sgm.util import instantiate_from_config
 

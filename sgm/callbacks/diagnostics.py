@@ -10,9 +10,10 @@ Configured like any callback (see configs/diagnostics/loss_diagnostics.yaml):
 
 On a sampled step, before the training step: the engine's probe (sgm/diagnostics/probes.py) reruns
 each loss from the step's own RNG state and measures per-loss gradient norms, per-sigma-bin losses,
-the conditioning gain and (DMD) the distribution-matching statistics; the chosen parameter groups
-are copied. After the optimiser step, the update ratios |delta theta| / |theta| are added and the
-whole flat dict goes to every logger with `logger.log_metrics(metrics, step)`. Other steps cost one
+the conditioning gain, (DMD) the distribution-matching statistics and (rectified flow) the velocity
+alignment and Euler endpoint errors (sgm/diagnostics/flow.py); the chosen parameter groups are
+copied. After the optimiser step, the update ratios |delta theta| / |theta| are added and the whole
+flat dict goes to every logger with `logger.log_metrics(metrics, step)`. Other steps cost one
 modulo: no work, no RNG draw, no graph kept. Every `image_every_n_steps` (DMD) the generator sample,
 pred_real, pred_fake and their difference are saved side by side in `<run>/images/diagnostics/`.
 """
@@ -20,11 +21,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import pytorch_lightning as pl
 import torch
 
+from sgm.diagnostics.flow import DEFAULT_ENDPOINT_STEPS
 from sgm.diagnostics.probes import DEFAULT_SIGMA_BINS, preserved_rng, probe_for
 
 
@@ -39,6 +41,9 @@ class LossDiagnostics(pl.Callback):
         teacher_steps: int = 8,  # Euler steps of the teacher's reference samples (DMD)
         teacher_samples: int = 64,  # rows of the teacher's reference (DMD)
         video_format: str = "gif",  # file format of video grids
+        endpoint_steps: Sequence[int] = DEFAULT_ENDPOINT_STEPS,  # rectified flow: K of flow/endpt_rmse@K
+        endpoint_ref_steps: int = 128,  # rectified flow: Euler steps of the reference endpoint
+        endpoint_rows: int = 16,  # rectified flow: rows (whole clips) integrated to their endpoint
     ):
         super().__init__()
         if every_n_steps < 1:
@@ -46,7 +51,8 @@ class LossDiagnostics(pl.Callback):
         self.every_n_steps = every_n_steps
         self.groups = dict(groups) if groups is not None else None
         self.probe_params = {"sigma_bins": tuple(sigma_bins or DEFAULT_SIGMA_BINS), "teacher_steps": teacher_steps,
-                             "teacher_samples": teacher_samples}
+                             "teacher_samples": teacher_samples, "endpoint_ref_steps": endpoint_ref_steps,
+                             "endpoint_rows": endpoint_rows, "endpoint_steps": tuple(endpoint_steps)}
         self.image_every_n_steps = image_every_n_steps
         self.max_images = max_images
         self.video_format = video_format

@@ -12,10 +12,14 @@ Names (one flat dict, `/`-separated):
     grad/<term>, grad/<term>_ratio (of its role's total), grad/<term>_detached (1 if no grad path),
     grad/<role>_total, grad/total (all roles together)
     loss/sigma_<lo>-<hi>, loss/cond_gain                          DiffusionEngine
+    flow/...                                                       DiffusionEngine with RectifiedFlowScaling
+                                                                   (FlowProbe, sgm/diagnostics/flow.py)
     critic/loss_sigma_<lo>-<hi>, critic/cond_gain                  DMDEngine, critic
     dmd/normalizer_{mean,min}, dmd/grad_abs_{mean,max}, dmd/gap, dmd/gap_sigma_<lo>-<hi>,
     dmd/gen_{mean,std}, dmd/teacher_{mean,std}, dmd/gen_mean_drift, dmd/gen_std_ratio,
     dmd/cond_gain (teacher's denoising loss on generated samples, shuffled vs true conditions)
+    grad/rec, grad/kl, mu/..., logvar/..., std/..., z_init/..., kl/per_dim    TrainableAutoencodingEngine
+                                                                              (sgm/diagnostics/vae.py)
 """
 from __future__ import annotations
 
@@ -151,6 +155,23 @@ class ProbeResult:
 
 
 # ---------------------------------------------------------------------------------- DiffusionEngine
+@dataclass
+class DiffusionDraws:
+    """One training step's draws, in StandardDiffusionLoss.forward's order, and the batch's conditions."""
+
+    x0: torch.Tensor  # (N, ...) clean latents
+    sigma: torch.Tensor  # (N,) noise levels
+    noise: torch.Tensor  # (N, ...) eps
+    cond: dict  # the step's conditions (CFG dropout applied), N rows
+    clean: dict  # the batch's conditions without dropout, N rows
+    extra: dict  # batch entries passed to the network (num_video_frames, image_only_indicator, ...)
+    num_frames: int  # frames per clip (1: images)
+
+    @property
+    def x_noisy(self) -> torch.Tensor:
+        return self.x0 + append_dims(self.sigma, self.x0.ndim) * self.noise  # x = x0 + sigma * eps
+
+
 class DiffusionProbe:
     """StandardDiffusionLoss of a DiffusionEngine: one term, `diffusion`."""
 
@@ -160,34 +181,48 @@ class DiffusionProbe:
         self.sigma_bins = tuple(sigma_bins)
 
     def __call__(self, engine, batch: dict, want_images: bool = False) -> ProbeResult:
+        draws = self.draw(engine, batch)
+        metrics, _ = self.diffusion_metrics(engine, draws)
+        return ProbeResult(metrics, num_frames=draws.num_frames)
+
+    def draw(self, engine, batch: dict) -> DiffusionDraws:
         from sgm.modules.diffusionmodules.loss import frames_per_clip
 
         loss_fn = engine.loss_fn
-        params = engine.trainable_parameters()
         with preserved_rng():  # the draws of StandardDiffusionLoss.forward, in its order
             x0 = engine.encode_first_stage(engine.get_input(batch))  # (N, ...)
             rows, num_frames = x0.shape[0], frames_per_clip(batch, x0.shape[0])
             cond = broadcast_cond_to_rows(engine.conditioner(batch), rows)
             sigma = loss_fn.sample_sigmas(x0, num_frames)  # (N,)
             noise = loss_fn.sample_noise(x0, num_frames)  # (N, ...)
+        with torch.no_grad(), preserved_rng():
+            clean, _ = engine.conditioner.get_unconditional_conditioning(batch, force_uc_zero_embeddings=[])
         extra = {k: batch[k] for k in loss_fn.batch2model_keys if k in batch}
-        x_noisy = x0 + append_dims(sigma, x0.ndim) * noise
+        return DiffusionDraws(x0, sigma, noise, cond, broadcast_cond_to_rows(clean, rows), extra, num_frames)
+
+    def diffusion_metrics(self, engine, draws: DiffusionDraws) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """Gradient, per-sigma-bin loss and condition gain; and the denoiser outputs (N, ...) with the
+        batch's conditions ("true") and shuffled ones ("shuffled"), for probes that build on these."""
+        loss_fn, x0, sigma = engine.loss_fn, draws.x0, draws.sigma
+        x_noisy = draws.x_noisy
         w = append_dims(loss_fn.loss_weighting(sigma), x0.ndim)
 
-        def row_loss(c: dict) -> torch.Tensor:  # (N,)
-            return loss_fn.get_loss(engine.denoiser(engine.model, x_noisy, sigma, c, **extra), x0, w)
+        def denoise(c: dict) -> torch.Tensor:  # (N, ...)
+            return engine.denoiser(engine.model, x_noisy, sigma, c, **draws.extra)
 
-        loss_rows = row_loss(cond)
-        term = term_grad(loss_rows.mean(), params)
+        loss_rows = loss_fn.get_loss(denoise(draws.cond), x0, w)  # (N,)
+        term = term_grad(loss_rows.mean(), engine.trainable_parameters())
         metrics = grad_metrics([RoleGrads("network", term, {"diffusion": term})])
         metrics |= per_bin(loss_rows, sigma, self.sigma_bins, "loss/")
         with torch.no_grad(), preserved_rng():
-            clean, _ = engine.conditioner.get_unconditional_conditioning(batch, force_uc_zero_embeddings=[])
-            true = row_loss(broadcast_cond_to_rows(clean, rows)).mean()
-            shuffled = row_loss(shuffled_cond(clean, rows, num_frames)).mean()
+            rows = x0.shape[0]
+            denoised = {"true": denoise(draws.clean),
+                        "shuffled": denoise(shuffled_cond(draws.clean, rows, draws.num_frames))}
+        true = loss_fn.get_loss(denoised["true"], x0, w).mean()
+        shuffled = loss_fn.get_loss(denoised["shuffled"], x0, w).mean()
         metrics["loss/cond_gain"] = float(shuffled - true)
         metrics["loss/cond_true"] = float(true)
-        return ProbeResult(metrics, num_frames=num_frames)
+        return metrics, denoised
 
 
 # ---------------------------------------------------------------------------------- DMDEngine
@@ -200,6 +235,9 @@ class DMDProbe:
     """
 
     default_groups = {"generator": "model.", "critic": "fake_score."}
+    # term -> (role, the engine attribute weighting it = its key under model.params), for scripts/ablate.py
+    term_weights = {"dmd": ("generator", "dmd_weight"), "gan": ("generator", "gan_generator_weight"),
+                    "regression": ("generator", "regression_weight"), "gan_critic": ("critic", "gan_critic_weight")}
 
     def __init__(
         self,
@@ -223,8 +261,8 @@ class DMDProbe:
     # -- gradients
     def generator_grads(self, engine, batch: dict) -> RoleGrads:
         params = engine.generator_parameters()
-        off = {"dmd_weight": 0.0, "gan_generator_weight": 0.0, "regression_weight": 0.0}
-        on = {"dmd": "dmd_weight", "gan": "gan_generator_weight", "regression": "regression_weight"}
+        on = {term: attr for term, (role, attr) in self.term_weights.items() if role == "generator"}
+        off = {attr: 0.0 for attr in on.values()}
         names = ["dmd"] + (["gan"] if engine.gan_head is not None else [])
         names += ["regression"] if engine.regression_weight > 0 else []
 
@@ -355,12 +393,40 @@ def euler(denoise: Callable, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Ten
 
 
 # ---------------------------------------------------------------------------------- choice
-def probe_for(engine, **params):
-    """The probe of an engine (the most specific class first); None: update ratios only."""
+def probe_class_for(engine_class: type) -> type | None:
+    """The probe class of an engine class (the most specific class first); None: update ratios only."""
+    from sgm.diagnostics.vae import VAEProbe
+    from sgm.models.autoencoder_training import TrainableAutoencodingEngine
     from sgm.models.diffusion import DiffusionEngine
     from sgm.models.dmd import DMDEngine
 
-    for cls, probe in ((DMDEngine, DMDProbe), (DiffusionEngine, DiffusionProbe)):
-        if isinstance(engine, cls):
+    choices = ((DMDEngine, DMDProbe), (DiffusionEngine, DiffusionProbe), (TrainableAutoencodingEngine, VAEProbe))
+    for cls, probe in choices:
+        if issubclass(engine_class, cls):
+            return probe
+    return None
+
+
+def probe_for(engine, **params):
+    """The probe of an engine (the most specific class first); None: update ratios only.
+
+    A DiffusionEngine whose denoiser has `RectifiedFlowScaling` gets `FlowProbe` (sgm/diagnostics/flow.py).
+    """
+    from sgm.diagnostics.flow import FlowProbe
+    from sgm.diagnostics.vae import VAEProbe
+    from sgm.models.autoencoder_training import TrainableAutoencodingEngine
+    from sgm.models.diffusion import DiffusionEngine
+    from sgm.models.dmd import DMDEngine
+    from sgm.modules.diffusionmodules.denoiser_scaling import RectifiedFlowScaling
+
+    choices = (  # (engine class, denoiser scaling class or None for any, probe)
+        (DMDEngine, None, DMDProbe),
+        (DiffusionEngine, RectifiedFlowScaling, FlowProbe),
+        (DiffusionEngine, None, DiffusionProbe),
+        (TrainableAutoencodingEngine, None, VAEProbe),
+    )
+    for engine_cls, scaling_cls, probe in choices:
+        scaling = getattr(getattr(engine, "denoiser", None), "scaling", None)
+        if isinstance(engine, engine_cls) and (scaling_cls is None or isinstance(scaling, scaling_cls)):
             return probe(**params)
     return None

@@ -14,8 +14,10 @@ The first-stage contract (every class here; what `DiffusionEngine` and embedders
 
 Keys used by upstream configs but meaningless for a frozen module are accepted and documented as
 unused: `monitor` (a Lightning metric name) and `loss_config`/`lossconfig` (autoencoder training
-losses; training the autoencoder is not implemented, so the loss is not built). `ckpt_path` loads
-weights (`.safetensors`, or a `.ckpt`/`.pt` holding a `state_dict`).
+losses, not built here). Training a KL autoencoder is `TrainableAutoencodingEngine` in
+sgm/models/autoencoder_training.py (a LightningModule kept apart, so that importing these first stages
+never imports Lightning); its checkpoints load here. `ckpt_path` loads weights (`.safetensors`, or a
+`.ckpt`/`.pt` holding a `state_dict`).
 """
 from __future__ import annotations
 
@@ -70,7 +72,7 @@ class AutoencodingEngine(AbstractAutoencoder):
         encoder_config: Mapping,  # target/params of the encoder (torch.nn.Identity: decode-only)
         decoder_config: Mapping,  # target/params of the decoder (Decoder or VideoDecoder)
         regularizer_config: Mapping,  # target/params of the regularizer (e.g. DiagonalGaussian)
-        loss_config: Mapping | None = None,  # unused: autoencoder training loss (not built)
+        loss_config: Mapping | None = None,  # unused here (TrainableAutoencodingEngine builds it)
         monitor: str | None = None,  # unused: Lightning metric name
         ckpt_path: str | None = None,  # optional weights to load
     ):

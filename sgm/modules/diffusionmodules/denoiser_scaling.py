@@ -117,3 +117,13 @@ class RectifiedFlowScaling(DenoiserScaling):
         c_in = 1.0 / (1.0 + sigma)
         c_noise = sigma / (1.0 + sigma) * self.t_scale
         return c_skip, c_out, c_in, c_noise
+
+
+def sigma_to_t(sigma: torch.Tensor) -> torch.Tensor:
+    """Rectified-flow time of a noise level: t = sigma / (1 + sigma) (t = 1 at sigma = inf)."""
+    return sigma / (1.0 + sigma)
+
+
+def t_to_sigma(t: torch.Tensor) -> torch.Tensor:
+    """Noise level of a rectified-flow time: sigma = t / (1 - t) (infinite at t = 1)."""
+    return t / (1.0 - t)

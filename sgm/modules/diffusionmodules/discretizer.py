@@ -97,6 +97,29 @@ class LegacyDDPMDiscretization(Discretization):
         return sigmas.to(device=device, dtype=torch.float32)
 
 
+class RectifiedFlowDiscretization(Discretization):
+    """Uniform in rectified-flow time: t_i = t_max (n - i) / n, i = 0..n-1, as sigma_i = t_i / (1 - t_i).
+
+    The appended 0 is t = 0, so every step, the last included, spans dt = t_max / n. Euler steps in
+    sigma with `RectifiedFlowScaling` are exactly Euler steps x_t <- x_t + (t_next - t) v in t.
+    t = 1 (sigma = inf) cannot be represented; t_max = 1 - 1e-4 starts at sigma ~ 1e4, where the
+    sampler's noise x = sqrt(1 + sigma^2) eps is x_t = 0.9999 eps.
+    """
+
+    def __init__(
+        self,
+        t_max: float = 1.0 - 1.0e-4,  # first (noisiest) time, < 1
+    ) -> None:
+        if not 0.0 < t_max < 1.0:
+            raise ValueError(f"RectifiedFlowDiscretization needs 0 < t_max < 1, got t_max={t_max}")
+        self.t_max = t_max
+
+    def get_sigmas(self, n: int | None, device: str | torch.device = "cpu") -> torch.Tensor:
+        n = _require_count(n, type(self).__name__)
+        t = self.t_max * torch.arange(n, 0, -1, dtype=torch.float64) / n  # (n,) descending, last t_max / n
+        return (t / (1.0 - t)).to(device=device, dtype=torch.float32)  # sigma = t / (1 - t)
+
+
 class ExplicitDiscretization(Discretization):
     """A fixed list of sigmas, e.g. the few noise levels a distilled student was trained on."""
 

@@ -45,3 +45,20 @@ class EpsWeighting(DiffusionLossWeighting):
 
     def __call__(self, sigma: torch.Tensor) -> torch.Tensor:
         return sigma**-2.0
+
+
+class RectifiedFlowWeighting(DiffusionLossWeighting):
+    """With `RectifiedFlowScaling`, lambda = 1 / c_out^2 = ((1 + sigma) / sigma)^2 = 1 / t^2 turns the
+    denoising loss into the velocity loss ||F - v||^2 of rectified flow, v = eps - x0.
+
+    Derivation, with x = x0 + sigma eps, t = sigma / (1 + sigma), c_skip = 1 - t, c_out = -t:
+        c_skip x + c_out v = (x0 + sigma eps) / (1 + sigma) - t (eps - x0)
+                           = (1 - t) x0 + t eps - t eps + t x0 = x0,
+    so the target x0 is what D would be if the network predicted v exactly, and
+        D - x0 = c_out (F - v) = -t (F - v),   ||D - x0||^2 = t^2 ||F - v||^2.
+    The sign of c_out drops out of the square; lambda = t^-2 is finite for sigma > 0 (clamp t away
+    from 0 in the sampler: `RectifiedFlowSampling.t_min`).
+    """
+
+    def __call__(self, sigma: torch.Tensor) -> torch.Tensor:
+        return ((1.0 + sigma) / sigma) ** 2

@@ -66,6 +66,69 @@ class DiscreteSampling:
         return _to(self.idx_to_sigma(rand), device)
 
 
+class RectifiedFlowSampling:
+    """Base of the rectified-flow samplers: draw a time t per row, return sigma = t / (1 - t).
+
+    With `RectifiedFlowScaling` the denoiser sees x = x0 + sigma * eps as x_t = (1 - t) x0 + t eps,
+    so a distribution over t is a distribution over sigma. t is clamped to [t_min, t_max]: t = 1 is
+    sigma = inf, and t = 0 makes the velocity weighting 1 / t^2 infinite.
+    """
+
+    def __init__(
+        self,
+        t_min: float = 1.0e-4,  # smallest t (sigma ~ t_min)
+        t_max: float = 1.0 - 1.0e-4,  # largest t (sigma = t_max / (1 - t_max), about 1e4)
+    ) -> None:
+        if not 0.0 < t_min < t_max < 1.0:
+            raise ValueError(f"{type(self).__name__} needs 0 < t_min < t_max < 1, got t_min={t_min}, t_max={t_max}")
+        self.t_min = t_min
+        self.t_max = t_max
+
+    def sample_t(self, n_samples: int, rand: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
+        """(n_samples,) times in [0, 1], before clamping."""
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        n_samples: int,
+        rand: torch.Tensor | None = None,  # (n_samples,) pre-drawn randomness (see sample_t)
+        generator: torch.Generator | None = None,
+        device: Device = None,
+    ) -> torch.Tensor:
+        t = self.sample_t(n_samples, rand, generator).double().clamp(self.t_min, self.t_max)  # (n_samples,)
+        return _to((t / (1.0 - t)).float(), device)  # sigma = t / (1 - t), computed in float64
+
+
+class UniformTSampling(RectifiedFlowSampling):
+    """t ~ U(0, 1): the original rectified flow (Liu et al. 2022). `rand`: uniform draws in [0, 1)."""
+
+    def sample_t(self, n_samples: int, rand: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
+        if rand is None:
+            rand = torch.rand((n_samples,), generator=generator, device=_generator_device(generator))
+        return rand
+
+
+class LogitNormalTSampling(RectifiedFlowSampling):
+    """logit(t) ~ N(loc, scale^2) (Esser et al. 2024, SD3, eq. 19): more rows at middle t.
+    `rand`: standard normal draws."""
+
+    def __init__(
+        self,
+        loc: float = 0.0,  # mean of logit(t); > 0 favours noisier t
+        scale: float = 1.0,  # standard deviation of logit(t)
+        t_min: float = 1.0e-4,  # smallest t
+        t_max: float = 1.0 - 1.0e-4,  # largest t
+    ) -> None:
+        super().__init__(t_min=t_min, t_max=t_max)
+        self.loc = loc
+        self.scale = scale
+
+    def sample_t(self, n_samples: int, rand: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
+        if rand is None:
+            rand = torch.randn((n_samples,), generator=generator, device=_generator_device(generator))
+        return torch.sigmoid(self.loc + self.scale * rand)
+
+
 class ZeroSampler:
     """A constant, almost-zero noise level 1e-5 per row (SV4D's "noise" on conditioning latents)."""
 

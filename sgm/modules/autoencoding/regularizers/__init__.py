@@ -41,6 +41,10 @@ class DiagonalGaussianRegularizer(AbstractRegularizer):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         posterior = DiagonalGaussianDistribution(z)  # moments (N, 2c, h, w)
-        latent = posterior.sample() if self.sample else posterior.mode()  # (N, c, h, w)
+        latent = self.latent(posterior)  # (N, c, h, w)
         kl_per_row = posterior.kl()  # (N,)
         return latent, {"kl_loss": kl_per_row.sum() / kl_per_row.shape[0]}
+
+    def latent(self, posterior: DiagonalGaussianDistribution) -> torch.Tensor:
+        """The latent handed to the decoder: a reparameterised sample, or the mean (`sample=False`)."""
+        return posterior.sample() if self.sample else posterior.mode()  # (N, c, h, w)
