@@ -76,7 +76,7 @@ def test_two_rank_ddp_run_keeps_exit_steps_and_weights_identical(tmp_path):
          f"model.params.teacher_ckpt_path={teacher}", "model.params.generator_update_interval=2",
          "model.params.sampler_config.params.discretization_config.params.num_steps=4",
          "data.params.batch_size=1", "lightning.callbacks.image_logger.params.batch_frequency=1000",
-         "lightning.trainer.enable_progress_bar=False",
+         "lightning.trainer.enable_progress_bar=False", "lightning.callbacks.video_eval=null",
          "lightning.callbacks.rank_recorder.target=test_dmd_ddp.RankRecorder",
          f"lightning.callbacks.rank_recorder.params.out_dir={probe_dir}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)

@@ -30,6 +30,15 @@ def load_engine(path: str, ckpt: str | None = None, device: str | torch.device =
     return instantiate_from_config(config.model).eval().to(device)
 
 
+def sampler_steps(sampler) -> int:
+    """The step count a sampler runs with by default (a few-step sampler: its schedule's length)."""
+    if sampler.num_steps is not None:
+        return int(sampler.num_steps)
+    if hasattr(sampler, "generator_sigmas"):
+        return len(sampler.generator_sigmas())
+    raise ValueError(f"{type(sampler).__name__} has no default step count; pass num_steps")
+
+
 def network_evaluations(engine, num_steps: int) -> int:
     """Network evaluations per sample of the engine's sampler (Heun: 2 per step but the last; CFG: x2)."""
     from sgm.modules.diffusionmodules.guiders import IdentityGuider

@@ -1,0 +1,52 @@
+"""The moving-digits benchmark pipeline: committed teacher -> 1-step DMD student -> metric table and GIFs.
+
+Checks the pipeline end to end (the embedded default's config, the evaluation callback, the bench
+script), not the final quality: 2 DMD iterations, 4 clips.
+"""
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEACHER = os.path.join(ROOT, "assets", "moving_digits_teacher")
+
+
+def test_committed_teacher_loads_as_a_plain_engine_with_its_own_sampler():
+    from sgm.evaluation.engines import load_engine, network_evaluations, sampler_steps
+
+    engine = load_engine(TEACHER)
+    assert sampler_steps(engine.sampler) == 25
+    assert network_evaluations(engine, 25) == 50  # per-frame CFG doubles the evaluations
+
+
+def test_few_step_sampler_counts_its_schedule():
+    from sgm.evaluation.engines import sampler_steps
+    from sgm.modules.distillation.sampler import FewStepSampler
+
+    sampler = FewStepSampler(discretization_config={
+        "target": "sgm.modules.diffusionmodules.discretizer.ExplicitDiscretization",
+        "params": {"sigmas": [80.0, 10.0, 1.0]}})
+    assert sampler_steps(sampler) == 3
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_table_plot_and_gifs(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "scripts", "bench"))
+    import distill_moving_digits as bench
+
+    docs = tmp_path / "docs"
+    rows = bench.main(["--quick", "--logdir", str(tmp_path / "logs"), "--docs", str(docs)])
+    models = [r["model"] for r in rows]
+    assert models[0] == "real held-out clips" and models[1].startswith("teacher") and models[2].startswith("trained")
+    teacher, student = rows[1], rows[2]
+    assert (teacher["steps"], teacher["nfe"]) == (1, 2) and (student["steps"], student["nfe"]) == (1, 1)
+    for row in rows:
+        assert row["n"] == 4 and 0.0 <= row["frame_accuracy"] <= 1.0 and row["frame_fd"] >= 0.0
+    for name in ("moving_digits_distillation.md", "moving_digits_distillation.png",
+                 "moving_digits_distillation.json", "moving_digits_real.gif", "moving_digits_teacher_1step.gif",
+                 "moving_digits_trained_1step.gif"):
+        assert (docs / name).is_file(), name
+    assert json.loads((docs / "moving_digits_distillation.json").read_text())["rows"] == rows
+    assert "| real held-out clips |" in (docs / "moving_digits_distillation.md").read_text()
