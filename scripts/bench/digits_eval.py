@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import sgm  # noqa: E402,F401
-from sgm.evaluation.engines import load_engine, network_evaluations  # noqa: E402
+from sgm.evaluation.engines import load_engine, network_evaluations, sampler_steps  # noqa: E402
 
 
 @torch.no_grad()
@@ -40,14 +40,20 @@ def sample_digits(engine, labels: torch.Tensor, num_steps: int | None, batch_siz
     return torch.cat(images).clamp(-1, 1), seconds
 
 
-def evaluate(engine, num_steps: int | None, n: int = 1000, seed: int = 0) -> dict:
+def evaluate(engine, num_steps: int | None, n: int = 1000, seed: int = 0, grid: str | None = None) -> dict:
+    """Scores of `n` class-balanced samples; with `grid`, the first 40 (4 rows of classes 0-9) as a PNG."""
     from sgm.metrics.digits import evaluate as score
 
     labels = torch.arange(n) % 10
     images, seconds = sample_digits(engine, labels, num_steps, seed=seed)
     result = score(images, labels)
-    result.update(steps=num_steps, nfe=network_evaluations(engine, num_steps or engine.sampler.num_steps),
-                  sec_per_sample=seconds)
+    num_steps = num_steps or sampler_steps(engine.sampler)
+    result.update(steps=num_steps, nfe=network_evaluations(engine, num_steps), sec_per_sample=seconds)
+    if grid is not None:
+        from sgm.callbacks.image_logger import save_image_grid
+
+        big = torch.nn.functional.interpolate(images[:40], scale_factor=4, mode="nearest")  # 32x32 per digit
+        save_image_grid(big, grid, n_rows=4)
     return result
 
 
@@ -58,6 +64,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 10, 25, 50])
     parser.add_argument("--n", type=int, default=1000, help="samples per row (FD compared at equal N)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid", default=None, metavar="PREFIX",
+                        help="also save the first 40 samples of each row as PREFIX_<steps>step.png")
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     engine = load_engine(args.run, args.ckpt)
@@ -65,7 +73,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("| steps | NFE | accuracy | FD | coverage | s/sample |")
     print("|---:|---:|---:|---:|---:|---:|")
     for steps in args.steps:
-        r = evaluate(engine, steps, n=args.n, seed=args.seed)
+        grid = f"{args.grid}_{steps}step.png" if args.grid else None
+        r = evaluate(engine, steps, n=args.n, seed=args.seed, grid=grid)
         rows.append(r)
         print(f"| {steps} | {r['nfe']} | {r['accuracy']:.3f} | {r['fd']:.2f} | {r['coverage']:.2f} | "
               f"{r['sec_per_sample'] * 1e3:.2f} ms |")
