@@ -101,7 +101,7 @@ def test_zeroing_the_gan_generator_weight_takes_its_gradient_to_zero(gan_ablatio
     assert [s for s, _ in base["grad/gan"]] == [s for s, _ in ablated["grad/gan"]] == [0, 2]
     assert all(v > 0 for _, v in base["grad/gan"]) and all(v == 0 for _, v in ablated["grad/gan"])
     report = open(os.path.join(gan_ablation, "ablation.md")).read()
-    assert "- `model.params.gan_generator_weight` = 0.01 (config) -> 0" in report
+    assert "- `model.params.gan_generator_weight` = 0.1 (config) -> 0" in report
     assert "OK    grad/gan: " in report and "-> 0 (the term was reaching the generator)" in report
     moved = report.split("## Statistics that moved")[1].split("## Verdicts")[0]
     assert "| grad/gan |" in moved and "| -100%" in moved
