@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher_steps", type=int, default=2000, help="teacher training steps when training one")
     p.add_argument("--student_steps", type=int, default=800, help="DMD iterations per student")
     p.add_argument("--students", type=int, nargs="+", default=[1, 2, 4], choices=sorted(STUDENT_CONFIGS))
+    p.add_argument("--gan", action="store_true", help="students with DMD2's GAN term (configs/dmd/digits_dmd_gan.yaml)")
     p.add_argument("--teacher_eval_steps", type=int, nargs="+", default=[1, 2, 4, 10, 25, 50])
     p.add_argument("--n", type=int, default=1000, help="samples per row (FD compared at equal N)")
     p.add_argument("--logdir", default="logs/bench_digits", help="root of the bench run directories")
@@ -80,7 +81,8 @@ def distil_student(bench_dir: str, teacher_dir: str, steps: int, args: argparse.
                    extra: list[str]) -> str:
     name = f"student_{steps}step"
     teacher_ckpt = os.path.abspath(os.path.join(teacher_dir, "checkpoints", "last.ckpt"))
-    run_main(["--base", *STUDENT_CONFIGS[steps], "-l", bench_dir, "-n", name, "--no_date",
+    bases = [STUDENT_CONFIGS[steps][0]] + (["configs/dmd/digits_dmd_gan.yaml"] if args.gan else []) + STUDENT_CONFIGS[steps][1:]
+    run_main(["--base", *bases, "-l", bench_dir, "-n", name, "--no_date",
               "--max_steps", str(args.student_steps), "-s", str(args.seed),
               f"model.params.teacher_ckpt_path={teacher_ckpt}", *QUIET, *extra])
     return os.path.join(bench_dir, name)
@@ -109,7 +111,7 @@ def markdown(rows: list[dict], command: str, args: argparse.Namespace) -> str:
         f"Produced by `{command}`",
         "",
         f"N = {args.n} class-balanced samples per row, sampling seed {args.seed}; {teacher_note(args)}, "
-        f"students {args.student_steps} DMD iterations. "
+        f"students {args.student_steps} DMD iterations{' with the GAN term' if args.gan else ''}. "
         "FD: Fréchet distance of digit-classifier features to the held-out digits (lower is better). "
         "NFE: network evaluations per sample (CFG counts twice). Wall time on "
         f"{torch_device_note()}.",
