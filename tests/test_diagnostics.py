@@ -125,15 +125,20 @@ def test_a_network_that_ignores_its_condition_shows_zero_gain():
     assert any("loss/cond_gain" in t and "ignores its conditioning" in t for t in text), text
 
 
-def test_sampling_changes_no_training_result():
-    batches = template_batches(7)
-    plain, diagnosed = cond_engine(), cond_engine()
+def fit_with_and_without_diagnostics(make_engine, batches) -> LossDiagnostics:
+    """Two fresh engines trained on `batches`, one with LossDiagnostics every 2 steps: weights must be equal."""
+    plain, diagnosed = make_engine(), make_engine()
     fit(plain, batches)
     callback = LossDiagnostics(every_n_steps=2)
     fit(diagnosed, batches, [callback], MemoryLogger())
-    assert callback.last_metrics  # it did sample
     for (name, a), (_, b) in zip(plain.state_dict().items(), diagnosed.state_dict().items()):
         assert torch.equal(a, b), name
+    return callback
+
+
+def test_sampling_changes_no_training_result():
+    callback = fit_with_and_without_diagnostics(cond_engine, template_batches(7))
+    assert callback.last_metrics  # it did sample
 
 
 # ------------------------------------------------------------------------------ DMDEngine

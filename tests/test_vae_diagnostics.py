@@ -8,9 +8,7 @@ import sys
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
-import pytorch_lightning as pl
 from sgm.callbacks.diagnostics import LossDiagnostics
 from sgm.config import load_configs
 from sgm.diagnostics.probes import probe_for
@@ -21,7 +19,7 @@ from sgm.models.autoencoder_training import TrainableAutoencodingEngine
 from sgm.modules.autoencoding.losses import KLReconstructionLoss
 from sgm.modules.distributions.distributions import DiagonalGaussianDistribution
 from sgm.util import ConfigError, instantiate_from_config
-from test_diagnostics import MemoryLogger, as_series
+from test_diagnostics import MemoryLogger, as_series, fit, fit_with_and_without_diagnostics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAE_CONFIG = "configs/example_training/toy/digits_vae.yaml"
@@ -47,14 +45,6 @@ def digit_batches(n_batches: int, n: int = 32) -> list[dict]:
     images = DigitsDataset("train").images  # (N, 1, 8, 8) in [-1, 1]
     g = torch.Generator().manual_seed(0)
     return [{"jpg": images[torch.randint(0, len(images), (n,), generator=g)]} for _ in range(n_batches)]
-
-
-def fit(engine, batches, callbacks=(), logger=False) -> None:
-    torch.manual_seed(0)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), logger=logger,
-                         callbacks=list(callbacks), enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0)
-    trainer.fit(engine, DataLoader(batches, batch_size=None))
 
 
 # ------------------------------------------------------------------------------ the loss
@@ -119,13 +109,8 @@ def test_probe_isolates_rec_and_kl_and_flags_a_kl_weighted_zero():
 
 def test_probe_sees_the_steps_own_draw_and_changes_no_training_result():
     batches = digit_batches(5)
-    plain, diagnosed = vae(), vae()
-    fit(plain, batches)
-    callback = LossDiagnostics(every_n_steps=2)
-    fit(diagnosed, batches, [callback], MemoryLogger())
+    callback = fit_with_and_without_diagnostics(vae, batches)
     assert callback.last_metrics and "step/encoder_update_ratio" in callback.last_metrics
-    for (name, a), (_, b) in zip(plain.state_dict().items(), diagnosed.state_dict().items()):
-        assert torch.equal(a, b), name
 
     engine, batch = vae(), batches[0]
     torch.manual_seed(7)

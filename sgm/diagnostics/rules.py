@@ -122,15 +122,21 @@ def cond_verdicts(series: Series) -> list[Verdict]:
         ref_key = references.get(key)
         ref = abs(mean(recent(series[ref_key]))) if ref_key in series else 0.0
         tol = max(COND_ABS_TOL, COND_REL_TOL * ref)
-        if abs(gain) <= tol:
-            who = "the generator's samples do not depend on" if key.startswith("dmd/") else "the network ignores"
-            out.append(Verdict("FAULT", key, f"cond_gain = {gain:.3g} ≈ 0 (|gain| <= {tol:.2g}): {who} its "
-                                             "conditioning (shuffled conditions do as well as the true ones)"))
-        elif gain < 0:
-            out.append(Verdict("WARN", key, f"cond_gain = {gain:.3g} < 0: shuffled conditions do better"))
-        else:
-            out.append(Verdict("OK", key, f"cond_gain = {gain:.3g}: the conditioning is used"))
+        who = "the generator's samples do not depend on" if key.startswith("dmd/") else "the network ignores"
+        out.append(gain_verdict(key, gain, tol,
+                                ignored=f"{who} its conditioning (shuffled conditions do as well as the true ones)",
+                                worse="shuffled conditions do better", used="the conditioning is used"))
     return out
+
+
+def gain_verdict(key: str, gain: float, tol: float, ignored: str, worse: str, used: str) -> Verdict:
+    """A condition-shuffle gain (true minus shuffled): ~0 FAULT (ignored), < 0 WARN (worse), else OK (used)."""
+    name = key.split("/")[-1]
+    if abs(gain) <= tol:
+        return Verdict("FAULT", key, f"{name} = {gain:.3g} ≈ 0 (|gain| <= {tol:.2g}): {ignored}")
+    if gain < 0:
+        return Verdict("WARN", key, f"{name} = {gain:.3g} < 0: {worse}")
+    return Verdict("OK", key, f"{name} = {gain:.3g}: {used}")
 
 
 def _bin_upper(key: str) -> float:
@@ -220,15 +226,10 @@ def flow_verdicts(series: Series) -> list[Verdict]:
         out.append(Verdict("OK", "flow/cos", f"cos(v_pred, eps - x0) = {cos:.2f}"))
     out += flow_scale_verdicts(series, cos) + endpoint_verdicts(series) + boundary_verdicts(series)
     if "flow/cond_gain_cos" in series:
-        gain = mean(recent(series["flow/cond_gain_cos"]))
-        key = "flow/cond_gain_cos"
-        if abs(gain) <= FLOW_COND_TOL:
-            out.append(Verdict("FAULT", key, f"cond_gain_cos = {gain:.3g} ≈ 0 (|gain| <= {FLOW_COND_TOL}): the "
-                                             "velocity ignores its conditioning (shuffled conditions align as well)"))
-        elif gain < 0:
-            out.append(Verdict("WARN", key, f"cond_gain_cos = {gain:.3g} < 0: shuffled conditions align better"))
-        else:
-            out.append(Verdict("OK", key, f"cond_gain_cos = {gain:.3g}: the conditioning steers the velocity"))
+        out.append(gain_verdict(
+            "flow/cond_gain_cos", mean(recent(series["flow/cond_gain_cos"])), FLOW_COND_TOL,
+            ignored="the velocity ignores its conditioning (shuffled conditions align as well)",
+            worse="shuffled conditions align better", used="the conditioning steers the velocity"))
     return out
 
 
