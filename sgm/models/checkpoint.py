@@ -8,8 +8,9 @@ materialising random weights.
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -44,24 +45,73 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Weights of a `.safetensors` or Lightning `.ckpt` file, on the CPU."""
+def read_state_dict(path: str, check_finite: bool = True) -> dict[str, torch.Tensor]:
+    """Weights of a `.safetensors` or Lightning `.ckpt` file, on the CPU.
+
+    `.ckpt/.pt/.pth` files are unpickled with `weights_only=True`: tensors and plain containers only,
+    so a crafted file cannot run code. Unreadable files and (with `check_finite`) NaN/inf tensors raise
+    a CheckpointError that names the file and the keys.
+    """
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+        state_dict = _read_file(path, _load_safetensors)
+    elif path.endswith((".ckpt", ".pt", ".pth")):
+        state_dict = _lightning_state_dict(path, _read_file(path, read_torch_file))
+    else:
+        raise CheckpointError(f"unsupported checkpoint format '{os.path.splitext(path)[1]}' for {path}; "
+                              "use .safetensors or a Lightning .ckpt")
+    if check_finite:
+        check_finite_tensors(state_dict, path)
+    return state_dict
 
-        return load_file(path, device="cpu")
-    if path.endswith((".ckpt", ".pt", ".pth")):
-        # Lightning checkpoints hold optimiser states and config objects besides tensors.
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        if isinstance(payload, dict) and "state_dict" in payload:
-            return payload["state_dict"]
-        if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
-            return payload
-        raise CheckpointError(f"{path}: expected a Lightning checkpoint with a 'state_dict' entry")
-    raise CheckpointError(f"unsupported checkpoint format '{os.path.splitext(path)[1]}' for {path}; "
-                          "use .safetensors or a Lightning .ckpt")
+
+def read_torch_file(path: str) -> Any:
+    """`torch.load` that never runs pickled code (tensors, numbers, strings and containers only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(path, device="cpu")
+
+
+def _read_file(path: str, reader) -> Any:
+    """`reader(path)` with any failure turned into one line naming the file."""
+    try:
+        return reader(path)
+    except Exception as error:  # torch, pickle, zip and safetensors each raise their own types
+        text = str(error).strip()
+        if isinstance(error, pickle.UnpicklingError) and "GLOBAL" in text:
+            culprit = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), "")
+            raise CheckpointError(f"{path}: refused to unpickle: it holds objects other than tensors and plain "
+                                  f"containers, which could run code ({culprit[:120]})") from None
+        detail = text.splitlines()[0].split(". ")[0][:120] if text else ""
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a checkpoint file "
+                              f"({type(error).__name__}{': ' + detail if detail else ''})") from None
+
+
+def _lightning_state_dict(path: str, payload: Any) -> dict[str, torch.Tensor]:
+    if isinstance(payload, dict) and "state_dict" in payload:
+        return payload["state_dict"]
+    if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return payload
+    raise CheckpointError(f"{path}: expected a Lightning checkpoint with a 'state_dict' entry")
+
+
+def non_finite_keys(state_dict: dict[str, Any]) -> list[str]:
+    """Keys of floating-point tensors that hold a NaN or an inf."""
+    return [k for k, v in state_dict.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not v.is_meta
+            and not bool(torch.isfinite(v).all())]
+
+
+def check_finite_tensors(state_dict: dict[str, Any], path: str) -> None:
+    bad = non_finite_keys(state_dict)
+    if bad:
+        more = f" ... (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise CheckpointError(f"{path}: {len(bad)} tensors hold NaN/inf values: {', '.join(bad[:5])}{more}")
 
 
 def select_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
