@@ -244,3 +244,32 @@ def test_motion_buckets_script_prints_fps_id_and_buckets(tmp_path, capsys):
     assert all(abs(b - 208) < 25 for b in row["buckets"]), row  # stride 2: 1 px per video frame = 2 px per clip frame
     out = capsys.readouterr().out
     assert "slow.mp4" in out and "skipped: " in out and "broken.webm (unreadable" in out
+
+
+# ------------------------------------------------------------------- data-free runs (first frames only)
+def test_first_frame_batches_draw_micro_conditioning_per_clip_when_given_ranges(tmp_path):
+    from PIL import Image
+
+    from sgm.data.image_folder import ImageFolderDataModule
+
+    for i in range(8):
+        Image.fromarray(texture(i, 32, 32)).save(tmp_path / f"{i}.png")
+
+    def batch(**laws):
+        data = ImageFolderDataModule(folder=str(tmp_path), size=[16, 16], num_frames=3, batch_size=8, **laws)
+        data.setup()
+        return next(iter(data.train_dataloader()))
+
+    fixed = batch()  # upstream's constants, as before
+    assert set(fixed["fps_id"].tolist()) == {6.0} and set(fixed["motion_bucket_id"].tolist()) == {127.0}
+    torch.testing.assert_close(fixed["cond_aug"], torch.full((24,), 0.02))
+    drawn = batch(fps_id=[4, 10], motion_bucket_id=[60, 200], cond_aug={"log_normal": [-3.0, 0.5]})
+    for key, low, high in (("fps_id", 4, 10), ("motion_bucket_id", 60, 200), ("cond_aug", 0.0, 1.0)):
+        per_clip = drawn[key].view(8, 3)
+        assert torch.equal(per_clip, per_clip[:, :1].expand(8, 3)), key  # one value per clip
+        assert per_clip.min() >= low and per_clip.max() <= high and len(set(per_clip[:, 0].tolist())) > 2, key
+    assert torch.equal(drawn["fps_id"], drawn["fps_id"].round())
+    noise = (drawn["cond_frames"] - drawn["cond_frames_without_noise"]).flatten(1).std(dim=1)
+    torch.testing.assert_close(noise, drawn["cond_aug"].view(8, 3)[:, 0], rtol=0.2, atol=0.0)
+    with pytest.raises(ValueError, match="'motion_bucket_id' takes whole numbers"):
+        ImageFolderDataModule(folder=str(tmp_path), size=[16, 16], motion_bucket_id=[0.5, 2])

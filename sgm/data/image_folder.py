@@ -8,6 +8,10 @@ center-cropped to `size`, scaled to [-1, 1], and a batch of them goes through
     data:
       target: sgm.data.image_folder.ImageFolderDataModule
       params: {folder: data/first_frames, size: [576, 1024], num_frames: 14, batch_size: 1}
+
+The student then trains at upstream's fixed fps_id 6 / motion_bucket_id 127 / cond_aug 0.02 unless
+ranges are given, e.g. `fps_id: [4, 10]`, `motion_bucket_id: [60, 200]`,
+`cond_aug: {log_normal: [-3.0, 0.5]}`, drawn per clip, so that it learns the range a user samples at.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sgm.data.micro_conditioning import parse_law
 from sgm.data.video_batch import make_video_batch
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -62,14 +67,24 @@ class ImageFolder(Dataset):
 
 
 class FirstFrameCollate:
-    """A list of (3, H, W) images -> an SVD batch of clips with `num_frames` frames and no targets."""
+    """A list of (3, H, W) images -> an SVD batch of clips with `num_frames` frames and no targets.
 
-    def __init__(self, num_frames: int, fps_id: float, motion_bucket_id: float, cond_aug: float):
-        self.num_frames, self.fps_id, self.motion_bucket_id, self.cond_aug = num_frames, fps_id, motion_bucket_id, cond_aug
+    fps_id, motion_bucket_id and cond_aug are laws (`sgm.data.micro_conditioning.parse_law`): a
+    constant, or drawn per clip from [lo, hi] (whole numbers for fps_id and motion_bucket_id) or
+    {log_normal: [p_mean, p_std]}, with torch's generator (seeded per worker by Lightning).
+    """
+
+    def __init__(self, num_frames: int, fps_id=6, motion_bucket_id=127, cond_aug=0.02):
+        self.num_frames = num_frames
+        self.fps_id = parse_law(fps_id, "fps_id", integer=True)
+        self.motion_bucket_id = parse_law(motion_bucket_id, "motion_bucket_id", integer=True)
+        self.cond_aug = parse_law(cond_aug, "cond_aug")
 
     def __call__(self, images: list[torch.Tensor]) -> dict:
-        return make_video_batch(torch.stack(images), self.num_frames, fps_id=self.fps_id,
-                                motion_bucket_id=self.motion_bucket_id, cond_aug=self.cond_aug)
+        clips = len(images)
+        return make_video_batch(torch.stack(images), self.num_frames, fps_id=self.fps_id.sample(clips),
+                                motion_bucket_id=self.motion_bucket_id.sample(clips),
+                                cond_aug=self.cond_aug.sample(clips))
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
@@ -79,9 +94,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
         size: list[int],  # [H, W] of the frames (SVD: [576, 1024])
         num_frames: int = 14,  # t, frames per clip
         batch_size: int = 1,  # clips per batch
-        fps_id: float = 6,  # SVD micro-conditioning (upstream's default for 14 frames)
-        motion_bucket_id: float = 127,  # SVD micro-conditioning
-        cond_aug: float = 0.02,  # noise added to cond_frames
+        fps_id=6,  # SVD micro-conditioning (upstream's default for 14 frames); or [lo, hi] per clip
+        motion_bucket_id=127,  # SVD micro-conditioning; or [lo, hi] per clip
+        cond_aug=0.02,  # noise added to cond_frames; or [lo, hi] / {log_normal: [p_mean, p_std]} per clip
         num_workers: int = 0,
     ):
         super().__init__()
