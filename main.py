@@ -271,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from sgm.util import instantiate_from_config
 
+    if "plugins" not in trainer_opts:  # checkpoints written atomically beside their target, never with NaN
+        from sgm.callbacks.checkpointing import AtomicCheckpointIO
+
+        trainer_opts["plugins"] = [AtomicCheckpointIO()]
     trainer = pl.Trainer(
         **trainer_opts,
         logger=make_loggers(opt, logdir, nowname, lightning_config),
@@ -310,7 +314,8 @@ def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config) 
 
     checkpoint = {
         "target": "pytorch_lightning.callbacks.ModelCheckpoint",
-        "params": {"dirpath": ckptdir, "filename": "{epoch:06}-{step:08}", "verbose": True, "save_last": True},
+        "params": {"dirpath": ckptdir, "filename": "{epoch:06}-{step:08}", "verbose": True, "save_last": True,
+                   "enable_version_counter": False},  # a moved run dir keeps writing last.ckpt, not last-v1.ckpt
     }
     checkpoint = OmegaConf.merge(checkpoint, lightning_config.get("modelcheckpoint", OmegaConf.create()))
     callbacks_config = OmegaConf.merge(
@@ -342,6 +347,12 @@ def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config) 
 if __name__ == "__main__":
     try:
         sys.exit(main())
+    except SystemExit as stop:
+        lightning = sys.modules.get("pytorch_lightning.utilities.exceptions")  # loaded if training started
+        if lightning is not None and isinstance(stop, lightning.SIGTERMException):  # Lightning stops at a batch boundary and exits 0 otherwise
+            print("main.py: stopped by SIGTERM (state saved to checkpoints/crash-step=*.ckpt)", file=sys.stderr)
+            sys.exit(128 + 15)
+        raise
     except Exception as error:  # one clear line for configuration mistakes; full trace otherwise
         from sgm.models.checkpoint import CheckpointError
         from sgm.util import ConfigError

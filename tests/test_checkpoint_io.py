@@ -1,11 +1,25 @@
 """Reading and writing weight files safely: no pickled code runs, bad files fail with one line naming
 them, NaN/inf tensors are found on load, and checkpoint writes are atomic."""
+import errno
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 
 import pytest
 import torch
 
-from sgm.models.checkpoint import CheckpointError, read_state_dict
+from sgm.models.checkpoint import (
+    TEMP_SUFFIX,
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write,
+    read_state_dict,
+    remove_partial_files,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _Planted:
@@ -72,3 +86,77 @@ def test_non_finite_tensors_are_named_on_load(tmp_path):
             read_state_dict(path)
         assert path in str(info.value)
         assert set(read_state_dict(path, check_finite=False)) == set(bad)
+
+
+# ------------------------------------------------------------------------------ atomic writes
+def _partial_files(directory) -> list[str]:
+    return [name for name in os.listdir(directory) if name.endswith(TEMP_SUFFIX)]
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
+    path = str(tmp_path / "last.ckpt")
+    atomic_torch_save({"step": torch.tensor(1)}, path)
+
+    def disk_full(f):
+        f.write(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(path, disk_full)
+    assert int(torch.load(path, weights_only=True)["step"]) == 1
+    assert _partial_files(tmp_path) == []
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C in the middle of a save
+        atomic_write(path, lambda f: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert _partial_files(tmp_path) == [] and int(torch.load(path, weights_only=True)["step"]) == 1
+
+
+KILLED_WRITER = """
+import os, signal, sys, torch
+from sgm.models.checkpoint import atomic_torch_save, atomic_write
+path = sys.argv[1]
+atomic_torch_save({"step": torch.tensor(1), "w": torch.ones(1000)}, path)
+def killed(f):
+    f.write(b"y" * 4096)
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+atomic_write(path, killed)
+"""
+
+
+@pytest.fixture
+def other_filesystem(tmp_path):
+    """A tmpfs mounted for the test, so the target directory and $TMPDIR are on different filesystems."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        assert os.stat(mount).st_dev != os.stat(tempfile.gettempdir()).st_dev
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_kill_during_a_save_on_another_filesystem_keeps_the_last_complete_file(other_filesystem):
+    path = str(other_filesystem / "checkpoints" / "last.ckpt")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    out = subprocess.run([sys.executable, "-c", KILLED_WRITER, path], env=env, capture_output=True, timeout=120)
+    assert out.returncode == -signal.SIGKILL, out.stderr.decode()[-2000:]
+    assert int(torch.load(path, weights_only=True)["step"]) == 1  # the complete old file, not 0 bytes
+    folder = os.path.dirname(path)
+    assert len(_partial_files(folder)) == 1  # the unfinished write sits beside its target, not in $TMPDIR
+    assert remove_partial_files(str(other_filesystem)) and _partial_files(folder) == []
+    assert os.listdir(folder) == ["last.ckpt"]
+
+
+def test_lightning_checkpoints_are_written_atomically_and_never_with_nan(tmp_path):
+    from sgm.callbacks.checkpointing import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = str(tmp_path / "a.ckpt")
+    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "global_step": 4}, path)
+    assert io.load_checkpoint(path)["global_step"] == 4
+    with pytest.raises(CheckpointError, match=r"not writing .*b.ckpt: 1 weights hold NaN/inf values: w"):
+        io.save_checkpoint({"state_dict": {"w": torch.tensor([float("nan")])}}, str(tmp_path / "b.ckpt"))
+    assert sorted(os.listdir(tmp_path)) == ["a.ckpt"]

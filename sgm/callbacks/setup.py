@@ -8,6 +8,8 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from sgm.models.checkpoint import remove_partial_files
+
 
 class SetupCallback(pl.Callback):
     def __init__(
@@ -33,9 +35,16 @@ class SetupCallback(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for folder in (self.logdir, self.ckptdir, self.cfgdir):
             os.makedirs(folder, exist_ok=True)
+        for path in remove_partial_files(self.ckptdir):
+            print(f"removed an unfinished checkpoint write: {path}")
         OmegaConf.save(self.config, os.path.join(self.cfgdir, f"{self.now}-project.yaml"), resolve=True)
         OmegaConf.save(OmegaConf.create({"lightning": self.lightning_config}),
                        os.path.join(self.cfgdir, f"{self.now}-lightning.yaml"), resolve=True)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        """Metrics reach disk with every checkpoint (CSVLogger buffers rows between flushes)."""
+        for logger in trainer.loggers:
+            logger.save()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """Keep the state of a failed run in its own file; last.ckpt stays the last good one."""

@@ -7,10 +7,13 @@ materialising random weights.
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import pickle
+import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Callable, Iterable
 
 import torch
 from torch import nn
@@ -112,6 +115,54 @@ def check_finite_tensors(state_dict: dict[str, Any], path: str) -> None:
     if bad:
         more = f" ... (+{len(bad) - 5} more)" if len(bad) > 5 else ""
         raise CheckpointError(f"{path}: {len(bad)} tensors hold NaN/inf values: {', '.join(bad[:5])}{more}")
+
+
+TEMP_SUFFIX = ".partial"  # temp files of atomic writes: .<name>.<random>.partial beside the target
+
+
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """`write(f)` into a temp file in `path`'s own directory, fsync, then `os.replace` onto `path`.
+
+    The temp file sits on the target's filesystem, so the rename is atomic wherever the run directory
+    lives ($TMPDIR plays no part): `path` is always the old complete file or the new one. A failed write
+    (full disk, exception, Ctrl-C) removes the temp file; after a kill -9 `remove_partial_files` does.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX, dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)  # the rename itself survives a power cut
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def remove_partial_files(directory: str) -> list[str]:
+    """Delete temp files that a killed `atomic_write` left in `directory` (and its subfolders)."""
+    stale = glob.glob(os.path.join(glob.escape(directory), "**", f".*{TEMP_SUFFIX}"), recursive=True)
+    for path in stale:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return stale
+
+
+def _fsync_directory(directory: str) -> None:
+    with contextlib.suppress(OSError):  # not every OS/filesystem lets a directory be opened
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def select_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
