@@ -44,26 +44,18 @@ class Timestep(nn.Module):
 class TimestepEmbedSequential(nn.Sequential):
     """Runs its children in order, handing each one, by keyword, the inputs its class lists in
     `block_inputs` (ResBlock: emb; SpatialTransformer: context; the video blocks also take the frame
-    count and image-only flags). Children without `block_inputs` (convs, Up/Downsample) get only x."""
+    count and image-only flags; the SV4D blocks the reference views). Children without
+    `block_inputs` (convs, Up/Downsample) get only x; an input the caller did not give arrives as None."""
 
     def forward(
         self,
         x: torch.Tensor,  # (N, C, ...) features
         emb: torch.Tensor,  # (N, E) time (+ label) embedding
-        context: torch.Tensor | None = None,  # (N, M, context_dim) cross-attention tokens
-        time_context: torch.Tensor | None = None,  # context for temporal attention (video)
-        num_video_frames: int | None = None,  # T, frames per clip (video)
-        image_only_indicator: torch.Tensor | None = None,  # (B, T), 1 = still image (video)
+        **inputs: object,  # context, time_context, num_video_frames, image_only_indicator, cond_view, ...
     ) -> torch.Tensor:
-        inputs = {
-            "emb": emb,
-            "context": context,
-            "time_context": time_context,
-            "num_video_frames": num_video_frames,
-            "image_only_indicator": image_only_indicator,
-        }
+        inputs["emb"] = emb
         for layer in self:
-            x = layer(x, **{name: inputs[name] for name in getattr(layer, "block_inputs", ())})
+            x = layer(x, **{name: inputs.get(name) for name in getattr(layer, "block_inputs", ())})
         return x
 
 
@@ -445,6 +437,7 @@ class UNetBase(nn.Module):
         y: torch.Tensor | None,
         context: torch.Tensor | None,
         rows: str = "B",  # how the batch dimension is described in messages
+        context_rows: int | None = None,  # rows of context; None = one per row of x
     ) -> None:
         """Raise a ValueError naming the expected and received shape of the first bad input."""
         name = type(self).__name__
@@ -459,7 +452,7 @@ class UNetBase(nn.Module):
             got = None if timesteps is None else tuple(timesteps.shape)
             raise ValueError(f"{name} expects timesteps of shape ({x.shape[0]},), one per row of x, got {got}")
         self._check_label(x, y)
-        self._check_context(x, context)
+        self._check_context(x, context, default(context_rows, x.shape[0]))
 
     def _check_label(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
         name = type(self).__name__
@@ -473,7 +466,7 @@ class UNetBase(nn.Module):
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"{name} expects y with one row per row of x ({x.shape[0]}), got {tuple(y.shape)}")
 
-    def _check_context(self, x: torch.Tensor, context: torch.Tensor | None) -> None:
+    def _check_context(self, x: torch.Tensor, context: torch.Tensor | None, rows: int) -> None:
         name = type(self).__name__
         if self.context_dim is None:
             if context is not None:
@@ -481,8 +474,8 @@ class UNetBase(nn.Module):
                                  f"of shape {tuple(context.shape)}")
             return
         got = None if context is None else tuple(context.shape)
-        if got is None or len(got) != 3 or got[0] != x.shape[0] or got[2] != self.context_dim:
-            raise ValueError(f"{name} expects context of shape ({x.shape[0]}, M, {self.context_dim}), got {got}")
+        if got is None or len(got) != 3 or got[0] != rows or got[2] != self.context_dim:
+            raise ValueError(f"{name} expects context of shape ({rows}, M, {self.context_dim}), got {got}")
 
 
 @dataclass(frozen=True)
