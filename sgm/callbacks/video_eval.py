@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 
 from sgm.callbacks.diagnostics import run_dir
-from sgm.diagnostics.probes import preserved_rng
+from sgm.rng import preserved_rng
 from sgm.evaluation import moving_digits as md
 
 
@@ -41,6 +41,7 @@ class MovingDigitsEvaluation(pl.Callback):
         channels: int = 3,  # 3 for SVD-architecture models
         seed: int = 0,  # held-out clips and sampling noise
         gif_clips: int = 16,  # clips per GIF
+        motion_code: str = "velocity",  # the models' motion_bucket_id code (sgm.data.moving_digits)
     ):
         super().__init__()
         if every_n_steps is not None and every_n_steps < 1:
@@ -50,7 +51,7 @@ class MovingDigitsEvaluation(pl.Callback):
         self.teacher_steps = list(teacher_steps) if teacher_steps is not None else [1, 25]
         self.steps = list(steps) if steps is not None else [None]
         self.every_n_steps = every_n_steps
-        self.data_kwargs = dict(num_frames=num_frames, size=size, channels=channels, seed=seed)
+        self.data_kwargs = dict(num_frames=num_frames, size=size, channels=channels, seed=seed, motion_code=motion_code)
         self.heldout: md.HeldoutSet | None = None
         self.reference_rows: list[dict] = []  # real clips and teacher rows, scored once
         self.rows: list[dict] = []  # the latest full table

@@ -2,8 +2,20 @@
 
 A synthetic image-to-video task that needs no download. Each clip starts from a real digit at a
 random position and moves it with a constant velocity, reflecting off the canvas edges. The
-first frame is the conditioning image; `motion_bucket_id` encodes the speed, as in SVD.
-Batches carry the SVD keys (see `sgm.data.video_batch.make_video_batch`).
+first frame is the conditioning image. Batches carry the SVD keys (see
+`sgm.data.video_batch.make_video_batch`).
+
+`motion_bucket_id` describes the motion, as in SVD, under one of two codes (`motion_code`):
+
+- "velocity" (the teacher's): one bucket per velocity, `10 * (5 * (vy + 2) + (vx + 2))` for
+  |vx|, |vy| <= 2, i.e. 0..240 on SVD's 0-255 scale. The first frame and the bucket then determine
+  the clip, as a real scene's content tells SVD which way things move.
+- "speed": `32 * (|vx| + |vy|)`, the amount of motion only. The first frame of a digit on a blank
+  canvas carries no cue for the direction, so a model must invent one of up to eight directions per
+  clip; a tiny teacher trained on that blurs the directions together and loses the digit.
+
+Training sets draw a new trajectory at every access (`fresh_trajectories`); held-out sets keep a
+fixed trajectory per index, a function of (seed, index).
 """
 from __future__ import annotations
 
@@ -15,7 +27,19 @@ from torch.utils.data import DataLoader, Dataset
 from sgm.data.digits import load_digits_split
 from sgm.data.video_batch import make_video_batch
 
-MOTION_BUCKET_PER_PIXEL = 32  # motion_bucket_id = 32 * (|vx| + |vy|), speeds in pixels per frame
+MOTION_BUCKET_PER_PIXEL = 32  # "speed" code: motion_bucket_id = 32 * (|vx| + |vy|), pixels per frame
+VELOCITY_BUCKET_STEP = 10  # "velocity" code: motion_bucket_id = 10 * (5 * (vy + 2) + (vx + 2))
+MOTION_CODES = ("velocity", "speed")
+
+
+def motion_bucket(vx: int, vy: int, code: str, max_speed: int = 2) -> float:
+    """SVD's motion_bucket_id of a clip moving (vx, vy) px/frame under `code` (see the module docstring)."""
+    if code == "speed":
+        return float(MOTION_BUCKET_PER_PIXEL * (abs(vx) + abs(vy)))
+    if code == "velocity":
+        side = 2 * max_speed + 1
+        return float(VELOCITY_BUCKET_STEP * (side * (vy + max_speed) + (vx + max_speed)))
+    raise ValueError(f"motion_code must be one of {MOTION_CODES}, got {code!r}")
 
 
 def bounce(position: int, velocity: int, steps: int, limit: int) -> list[int]:
@@ -47,7 +71,9 @@ class MovingDigits(Dataset):
         size: int = 16,  # canvas side in pixels
         max_speed: int = 2,  # |vx|, |vy| <= max_speed pixels per frame
         channels: int = 1,  # 1 (grey) or 3 (grey repeated, for RGB models such as SVD's)
-        seed: int = 0,  # trajectories are a fixed function of (seed, index)
+        seed: int = 0,  # fixed trajectories are a function of (seed, index)
+        motion_code: str = "velocity",  # motion_bucket_id of a clip: "velocity" or "speed"
+        fresh_trajectories: bool = False,  # draw a new trajectory at every access (from torch's RNG)
     ):
         self.images, self.labels = load_digits_split(split)
         if size < self.images.shape[-1]:
@@ -56,26 +82,40 @@ class MovingDigits(Dataset):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         self.num_frames, self.size, self.max_speed, self.seed = num_frames, size, max_speed, seed
         self.channels = channels
+        if motion_code not in MOTION_CODES:
+            raise ValueError(f"motion_code must be one of {MOTION_CODES}, got {motion_code!r}")
+        if motion_code == "velocity" and motion_bucket(max_speed, max_speed, motion_code, max_speed) > 255:
+            raise ValueError(f"max_speed {max_speed} leaves SVD's 0-255 motion_bucket_id range under the velocity code")
+        self.motion_code, self.fresh_trajectories = motion_code, fresh_trajectories
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def trajectory(self, index: int) -> tuple[list[int], list[int], int]:
-        rng = np.random.default_rng([self.seed, index])
+        """-> xs, ys (t positions each) and the speed |vx| + |vy| of clip `index`'s fixed trajectory."""
+        xs, ys, (vx, vy) = self.draw_trajectory(np.random.default_rng([self.seed, index]))
+        return xs, ys, abs(vx) + abs(vy)
+
+    def draw_trajectory(self, rng: np.random.Generator) -> tuple[list[int], list[int], tuple[int, int]]:
         limit = self.size - self.images.shape[-1]
         x0, y0 = rng.integers(0, limit + 1, size=2)
         vx, vy = rng.integers(-self.max_speed, self.max_speed + 1, size=2)
         xs = bounce(int(x0), int(vx), self.num_frames, limit)
         ys = bounce(int(y0), int(vy), self.num_frames, limit)
-        return xs, ys, int(abs(vx) + abs(vy))
+        return xs, ys, (int(vx), int(vy))
 
     def __getitem__(self, index: int) -> dict:
-        xs, ys, speed = self.trajectory(index)
+        if self.fresh_trajectories:  # seeded through torch's RNG (seed_everything, per-worker seeds)
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+        else:
+            rng = np.random.default_rng([self.seed, index])
+        xs, ys, (vx, vy) = self.draw_trajectory(rng)
         video = torch.from_numpy(render_clip(self.images[index], xs, ys, self.size))
         return {
             "video": video.repeat(1, self.channels, 1, 1),  # (t, channels, size, size)
             "cls": int(self.labels[index]),
-            "motion_bucket_id": float(MOTION_BUCKET_PER_PIXEL * speed),
+            "speed": float(abs(vx) + abs(vy)),  # px/frame
+            "motion_bucket_id": motion_bucket(vx, vy, self.motion_code, self.max_speed),
         }
 
 
@@ -97,6 +137,7 @@ class VideoCollate:
             input_key=self.input_key,
         )
         batch["cls"] = torch.tensor([item["cls"] for item in items])
+        batch["speed"] = torch.tensor([item["speed"] for item in items])  # (b,) px/frame, for the metrics
         return batch
 
 
@@ -113,10 +154,13 @@ class MovingDigitsDataModule(pl.LightningDataModule):
         input_key: str = "frames",  # batch key of the target frames
         num_workers: int = 0,
         seed: int = 0,
+        motion_code: str = "velocity",  # "velocity" or "speed" (module docstring)
+        fresh_trajectories: bool = True,  # a new trajectory per access; False: one per digit
     ):
         super().__init__()
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.dataset_kwargs = dict(num_frames=num_frames, size=size, max_speed=max_speed, channels=channels, seed=seed)
+        self.dataset_kwargs = dict(num_frames=num_frames, size=size, max_speed=max_speed, channels=channels, seed=seed,
+                                   motion_code=motion_code, fresh_trajectories=fresh_trajectories)
         self.collate = VideoCollate(fps_id=fps_id, cond_aug=cond_aug, input_key=input_key)
 
     def setup(self, stage: str | None = None) -> None:

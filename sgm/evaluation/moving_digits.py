@@ -44,11 +44,13 @@ class HeldoutSet:
         return self.clips.shape[1]
 
 
-def heldout_set(n: int, num_frames: int = 8, size: int = 16, channels: int = 3, seed: int = 0) -> HeldoutSet:
+def heldout_set(n: int, num_frames: int = 8, size: int = 16, channels: int = 3, seed: int = 0,
+                motion_code: str = "velocity") -> HeldoutSet:
     """`n` held-out clips and the batch that conditions an engine on their first frames."""
     from sgm.metrics.moving_digits import heldout_clips
 
-    clips, labels, speeds, batch = heldout_clips(n, num_frames=num_frames, size=size, channels=channels, seed=seed)
+    clips, labels, speeds, batch = heldout_clips(n, num_frames=num_frames, size=size, channels=channels, seed=seed,
+                                                 motion_code=motion_code)
     batch = {k: v for k, v in batch.items() if k not in ("frames", "cls")}
     return HeldoutSet(batch, clips, labels, speeds)
 

@@ -162,20 +162,22 @@ def heldout_clips(
     size: int = 16,  # canvas side
     channels: int = 3,  # 3 for SVD-architecture models
     seed: int = 0,  # trajectories (MovingDigits) and the cond_aug noise of the batch
+    motion_code: str = "velocity",  # the model's motion_bucket_id code (sgm.data.moving_digits)
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Real held-out clips to condition on and score against.
 
     -> clips (n, t, C, H, W), labels (n,), speeds (n,) = |vx| + |vy| in px/frame, and the SVD batch
     of `VideoCollate` (conditioning keys, `frames`, `cls`). The global RNG is left untouched.
     """
-    from sgm.data.moving_digits import MOTION_BUCKET_PER_PIXEL, MovingDigits, VideoCollate
+    from sgm.data.moving_digits import MovingDigits, VideoCollate
 
-    data = MovingDigits("heldout", num_frames=num_frames, size=size, channels=channels, seed=seed)
+    data = MovingDigits("heldout", num_frames=num_frames, size=size, channels=channels, seed=seed,
+                        motion_code=motion_code)
     if not 1 <= n <= len(data):
         raise ValueError(f"n must be in [1, {len(data)}] (the held-out digits), got {n}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         batch = VideoCollate()([data[i] for i in range(n)])
     clips = batch["frames"].view(n, num_frames, channels, size, size)
-    speeds = batch["motion_bucket_id"].view(n, num_frames)[:, 0] / MOTION_BUCKET_PER_PIXEL
+    speeds = batch.pop("speed")
     return clips, batch["cls"], speeds, batch
