@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from sgm.modules.diffusionmodules.video_model import VideoUNet
-from sgm.modules.diffusionmodules.wrappers import IdentityWrapper, OpenAIWrapper
+from sgm.modules.diffusionmodules.wrappers import IdentityWrapper, OpenAIWrapper, OpenAIWrapperWithViews
 
 DATA = Path(__file__).parent / "data"
 
@@ -89,3 +89,11 @@ def test_golden_denoiser_through_wrapper():
     denoised = c_skip * t["in.x_noisy"] + c_out * f  # EDM eq. 7
     error = ((denoised - t["out"]).abs().max() / t["out"].abs().max()).item()
     assert error < 1e-5
+
+
+def test_openai_wrapper_with_views_also_passes_cond_view():
+    wrapper = OpenAIWrapperWithViews(Recorder())
+    cond = {"crossattn": torch.randn(1, 2, 16), "cond_view": torch.randn(3, 4, 8, 8), "cond_motion": torch.randn(2)}
+    wrapper(torch.randn(6, 4, 8, 8), torch.rand(6), cond, num_video_frames=6)
+    (_, kwargs), = wrapper.diffusion_model.calls
+    assert kwargs["cond_view"] is cond["cond_view"] and "cond_motion" not in kwargs  # the network ignores it

@@ -410,7 +410,7 @@ class SpatialUNetModelWithTime(UNetBase):
         self,
         x: torch.Tensor,  # (b*t*v, C_in, H, W), rows ordered (b, t, v)
         timesteps: torch.Tensor,  # (b*t*v,)
-        context: torch.Tensor | None = None,  # (b, t, context_dim): CLIP token per input frame
+        context: torch.Tensor | None = None,  # (b, t, context_dim) CLIP token per input frame, or per row
         y: torch.Tensor | None = None,  # (b*t*v, adm_in_channels)
         cond_view: torch.Tensor | None = None,  # (b*v, 4, h, w) latents of the reference views
         num_video_frames: int | None = None,  # t*v
@@ -422,6 +422,8 @@ class SpatialUNetModelWithTime(UNetBase):
         if context is None or context.ndim != 3:
             got = None if context is None else tuple(context.shape)
             raise ValueError(f"{name} expects context of shape (b, t, {self.context_dim}), got {got}")
+        if context.shape[0] == x.shape[0] and isinstance(num_video_frames, Integral) and num_video_frames > 0:
+            context = context[::num_video_frames]  # one row per x row (broadcast_cond_to_rows) -> per clip
         clips, frames = context.shape[:2]
         if cond_view is None or cond_view.ndim != 4 or cond_view.shape[0] % clips:
             got = None if cond_view is None else tuple(cond_view.shape)

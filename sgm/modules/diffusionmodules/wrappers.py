@@ -46,3 +46,11 @@ class OpenAIWrapper(IdentityWrapper):
         if "concat" in c:
             x = torch.cat([x, c["concat"]], dim=1)  # (N, C + C_concat, H, W)
         return self.diffusion_model(x, timesteps=t, context=c.get("crossattn"), y=c.get("vector"), **kwargs)
+
+
+class OpenAIWrapperWithViews(OpenAIWrapper):
+    """OpenAIWrapper that also hands `c["cond_view"]` (SV4D's reference-view latents, the motion
+    attention's context) to the network; chosen by config (`network_wrapper`), not by a key check."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: dict[str, torch.Tensor], **kwargs: Any) -> Any:
+        return super().forward(x, t, c, cond_view=c.get("cond_view"), **kwargs)
