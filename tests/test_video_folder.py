@@ -350,3 +350,30 @@ def test_main_fine_tunes_the_teacher_on_a_folder_of_mp4_clips(digit_clips, tmp_p
     assert glob.glob(os.path.join(logdir, "images", "train", "samples_gs-000002*.gif"))
     ckpt = torch.load(os.path.join(logdir, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 4
+
+
+def test_svd_finetune_configs_build_on_meta_with_video_folder_data():
+    import subprocess
+    import sys
+
+    from sgm.config import load_configs
+    from sgm.util import instantiate_from_config
+
+    base = os.path.join(ROOT, "configs/example_training/svd_finetune.yaml")
+    xt = os.path.join(ROOT, "configs/example_training/svd_xt_finetune.yaml")
+    for paths, frames, scales in (([base], 14, (1.0, 2.5)), ([base, xt], 25, (1.5, 3.0))):
+        cfg = load_configs(paths)
+        p = cfg.model.params
+        assert p.ckpt_path.startswith("checkpoints/svd") and p.network_config.params.use_checkpoint
+        assert cfg.lightning.trainer.precision == "bf16-mixed" and p.input_key == "frames"
+        assert [e.get("ucg_rate", 0.0) for e in p.conditioner_config.params.emb_models] == [0.1, 0, 0, 0.1, 0]
+        assert p.loss_fn_config.params.sigma_sampler_config.params.p_mean == 1.0
+        guider = p.sampler_config.params.guider_config.params
+        assert (guider.min_scale, guider.max_scale, guider.num_frames) == (*scales, frames)
+        data = instantiate_from_config(cfg.data)  # the folder is only read in setup()
+        assert data.num_frames == frames and data.size == (576, 1024)
+    out = subprocess.run([sys.executable, "main.py", "--base", base, xt, "--dry-run"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "DiffusionEngine: 2,389,819,785 parameters (1,524,623,082 trainable)" in out.stdout
+    assert "data: sgm.data.video_folder.VideoFolderDataModule" in out.stdout
