@@ -1,7 +1,7 @@
 """Ablation: the same run twice, once with loss weights set to 0, and which statistics moved.
 
     python scripts/ablate.py --base configs/dmd/digits_dmd_gan.yaml \\
-        --zero model.params.gan_generator_weight --steps 200 --every 10 \\
+        --zero model.params.terms.gan.params.generator_weight --steps 200 --every 10 \\
         model.params.teacher_ckpt_path=logs/<teacher run>/checkpoints/last.ckpt
     python scripts/ablate.py --base_run logs/ablate/<earlier>/base --zero model.params.dmd_weight ...
     python scripts/ablate.py ... --dry-run        # check the keys, print the two commands, run nothing
@@ -13,16 +13,16 @@ and can be re-run as is (from the directory ablate.py was started in). Steps are
 `lightning.trainer.max_steps`, so a run's saved config records them.
 
 Every `--zero` key is checked in the composed config before anything is launched: it must be a
-nonzero number. A key of `model.params` that the config leaves to the engine's constructor
-default is looked up there (e.g. DMDEngine's `dmd_weight`); any other absent key is an error.
+nonzero number. A key `<node>.params.<name>` that the config leaves to the constructor default of
+`<node>.target` is looked up there (e.g. DMDEngine's `dmd_weight`); any other absent key is an error.
 
 `--base_run RUN_DIR` reuses a finished run (its saved configs/*-project.yaml and *-lightning.yaml)
 as the base run and launches only the ablated one; give the seed that run used. Its steps and
 diagnostics interval default to the ones it saved.
 
 Output, printed and written to `<logdir>/<name>/ablation.md` (curves of both runs in ablation.png):
-for each zeroed weight the gradient of its term in both runs (from the engine probe's
-`term_weights`), the statistics that moved (sgm.diagnostics.rules.compare, on each run's recent
+for each zeroed weight the gradient of its term in both runs (the term it weights:
+sgm.diagnostics.registry.weighted_term), the statistics that moved (sgm.diagnostics.rules.compare, on each run's recent
 window) and the verdicts of each run. The runs themselves are `<logdir>/<name>/base` and
 `<logdir>/<name>/ablated`.
 """
@@ -48,7 +48,6 @@ DIAGNOSTICS = os.path.join(ROOT, "configs", "diagnostics", "loss_diagnostics.yam
 EVERY_KEY = "lightning.callbacks.loss_diagnostics.params.every_n_steps"
 STEPS_KEY = "lightning.trainer.max_steps"
 QUIET = ["lightning.trainer.enable_progress_bar=False"]
-MODEL_PARAMS = "model.params."
 PLOTTED = 8  # moved statistics drawn in ablation.png besides the zeroed terms' gradients
 DEFAULT_STEPS, DEFAULT_EVERY = 200, 10
 
@@ -122,33 +121,30 @@ def base_configs(args: argparse.Namespace) -> list[str]:
 
 # ---------------------------------------------------------------------------------- validation
 def constructor_default(config, key: str) -> tuple[float, str] | None:
-    """The default of `model.params.<name>` in the model target's constructor, or None."""
+    """The constructor default of `<node>.params.<name>` where the config has `<node>.target`, or None
+    (e.g. `model.params.dmd_weight`, `model.params.terms.gan.params.critic_weight`)."""
     import inspect
+
+    from omegaconf import OmegaConf
 
     from sgm.util import get_obj_from_str
 
-    name = key[len(MODEL_PARAMS):]
-    if not key.startswith(MODEL_PARAMS) or "." in name or "target" not in config.get("model", {}):
+    node, sep, name = key.rpartition(".params.")
+    target = OmegaConf.select(config, f"{node}.target", default=None) if sep and "." not in name else None
+    if target is None:
         return None
-    engine = get_obj_from_str(config.model.target)
-    parameter = inspect.signature(engine).parameters.get(name)
+    cls = get_obj_from_str(target)
+    parameter = inspect.signature(cls).parameters.get(name)
     if parameter is None or parameter.default is inspect.Parameter.empty:
         return None
-    return parameter.default, f"{engine.__name__} default"
+    return parameter.default, f"{cls.__name__} default"
 
 
 def weighted_term(config, key: str) -> tuple[str, str] | None:
-    """(role, term) whose loss `model.params.<attribute>` weights, from the engine probe's term_weights."""
-    from sgm.diagnostics.probes import probe_class_for
-    from sgm.util import get_obj_from_str
+    """(role, term) whose loss the number at `key` weights (sgm.diagnostics.registry.weighted_term)."""
+    from sgm.diagnostics.registry import weighted_term as registry_weighted_term
 
-    if not key.startswith(MODEL_PARAMS) or "target" not in config.get("model", {}):
-        return None
-    probe = probe_class_for(get_obj_from_str(config.model.target))
-    for term, (role, attribute) in getattr(probe, "term_weights", {}).items():
-        if MODEL_PARAMS + attribute == key:
-            return role, term
-    return None
+    return registry_weighted_term(config, key)
 
 
 def check_zero_keys(config, keys: list[str]) -> list[Zeroed]:

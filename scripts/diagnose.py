@@ -6,7 +6,7 @@
 An ablation is a second run with one weight set to 0 (a dot-list override), e.g.
 
     python main.py --base configs/dmd/digits_dmd_gan.yaml configs/diagnostics/loss_diagnostics.yaml \
-        --max_steps 200 model.params.gan_generator_weight=0
+        --max_steps 200 model.params.terms.gan.params.generator_weight=0
 
 scripts/ablate.py launches both runs itself and writes the comparison as ablation.md.
 

@@ -5,7 +5,7 @@
 
 Conditions come from the config's data section (one pass over its training batches, repeated as
 needed). Use the pairs with `sgm.modules.distillation.ode_pairs.ODEPairsDataModule` as the data of a
-DMD run with `model.params.regression_weight > 0` and `model.params.latent_shape` set (the pairs
+DMD run with a `model.params.terms.regression` term and `model.params.inputs.latent_shape` set (the pairs
 carry no images). The teacher's sampler must start at the generator's first sigma (sigma_max).
 """
 from __future__ import annotations

@@ -35,9 +35,10 @@ ablate = load_ablate()
 
 # ------------------------------------------------------------------------------ checks before any run
 @pytest.mark.parametrize("configs, key, message", [
-    ([GAN_CONFIG], "model.params.gan_generator_wieght", "no such key in the composed config"),
-    ([GAN_CONFIG, GAN_OFF], "model.params.gan_generator_weight", "already 0 in the composed config"),
-    ([GAN_CONFIG], "model.params.regression_weight", "already 0 (the DMDEngine default)"),
+    ([GAN_CONFIG], "model.params.terms.gan.params.generator_wieght", "no such key in the composed config"),
+    ([GAN_CONFIG, GAN_OFF], "model.params.terms.gan.params.generator_weight", "already 0 in the composed config"),
+    ([GAN_CONFIG], "model.params.loss_fn_config.params.offset_noise_level",
+     "already 0 (the StandardDiffusionLoss default)"),
     ([GAN_CONFIG], "model.params.use_ema", "its value True is not a number"),
 ])
 def test_a_bad_zero_key_stops_before_any_run(tmp_path, capsys, configs, key, message):
@@ -87,7 +88,7 @@ def test_compare_lists_moved_vanished_and_new_statistics_but_not_noise_around_ze
 @pytest.fixture(scope="module")
 def gan_ablation(teacher_ckpt, tmp_path_factory):  # noqa: F811
     logdir = str(tmp_path_factory.mktemp("ablate"))
-    argv = ["--base", GAN_CONFIG, "--zero", "model.params.gan_generator_weight", "--steps", "4", "--every", "2",
+    argv = ["--base", GAN_CONFIG, "--zero", "model.params.terms.gan.params.generator_weight", "--steps", "4", "--every", "2",
             "-l", logdir, "-n", "gan_off", f"model.params.teacher_ckpt_path={teacher_ckpt}", *TINY, *GAN_TINY, *FAST]
     with pytest.MonkeyPatch.context() as env:
         env.setenv("OMP_NUM_THREADS", "1")
@@ -101,7 +102,7 @@ def test_zeroing_the_gan_generator_weight_takes_its_gradient_to_zero(gan_ablatio
     assert [s for s, _ in base["grad/gan"]] == [s for s, _ in ablated["grad/gan"]] == [0, 2]
     assert all(v > 0 for _, v in base["grad/gan"]) and all(v == 0 for _, v in ablated["grad/gan"])
     report = open(os.path.join(gan_ablation, "ablation.md")).read()
-    assert "- `model.params.gan_generator_weight` = 0.1 (config) -> 0" in report
+    assert "- `model.params.terms.gan.params.generator_weight` = 0.1 (config) -> 0" in report
     assert "OK    grad/gan: " in report and "-> 0 (the term was reaching the generator)" in report
     moved = report.split("## Statistics that moved")[1].split("## Verdicts")[0]
     assert "| grad/gan |" in moved and "| -100%" in moved

@@ -144,7 +144,7 @@ def test_sampling_changes_no_training_result():
 # ------------------------------------------------------------------------------ DMDEngine
 def dmd_engine(*overrides: str, config: str = DMD_CONFIG) -> DMDEngine:
     torch.manual_seed(0)
-    cfg = load_configs([config], [*TINY, "model.params.allow_random_teacher=True", "model.params.use_ema=False",
+    cfg = load_configs([config], [*TINY, "model.params.init.allow_random_teacher=True", "model.params.use_ema=False",
                                   *overrides])
     engine = instantiate_from_config(cfg.model, learning_rate=1e-3)
     with torch.no_grad():  # zero-initialised output layers would make every role predict c_skip x
@@ -162,7 +162,7 @@ def as_series(metrics: dict) -> dict:
 
 
 def test_dmd_weight_zero_and_gan_terms():
-    engine = dmd_engine("model.params.dmd_weight=0", "model.params.gan_head_config.params.in_channels=32", config=GAN_CONFIG)
+    engine = dmd_engine("model.params.dmd_weight=0", "model.params.terms.gan.params.head_config.params.in_channels=32", config=GAN_CONFIG)
     metrics = DMDProbe(teacher_samples=8, teacher_steps=2)(engine, digits_batch()).metrics
     assert metrics["grad/dmd"] == 0.0 and metrics["grad/dmd_detached"] == 0.0
     assert metrics["grad/gan"] > 0 and metrics["grad/gan_ratio"] == pytest.approx(1.0, rel=1e-4)

@@ -25,7 +25,7 @@ TINY = [  # one level, one res block: ~0.2M parameters per role
     "model.params.network_config.params.num_res_blocks=1",
     "model.params.network_config.params.channel_mult=[1]",
 ]
-GAN_TINY = ["model.params.gan_head_config.params.in_channels=32"]
+GAN_TINY = ["model.params.terms.gan.params.head_config.params.in_channels=32"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
@@ -105,7 +105,8 @@ def test_regression_term_on_teacher_ode_pairs(teacher_ckpt):
     teacher = instantiate_from_config(teacher_cfg.model)
     pairs = generate_ode_pairs(teacher, [digits_batch(4)], num_pairs=6, condition_keys=["cls"])
     assert pairs["ode_noise"].shape == pairs["ode_x0"].shape == (6, 1, 8, 8) and pairs["cls"].shape == (6,)
-    engine = build(teacher_ckpt, "model.params.regression_weight=1.0", "model.params.latent_shape=[1,8,8]")
+    engine = build(teacher_ckpt, "model.params.terms.regression.target=sgm.modules.distillation.terms.RegressionTerm",
+                   "model.params.terms.regression.params.weight=1.0", "model.params.inputs.latent_shape=[1,8,8]")
     loss, log = engine.generator_loss(pairs)  # data-free: no images in the batch
     loss.backward()
     assert log["loss/regression"] > 0
@@ -113,7 +114,7 @@ def test_regression_term_on_teacher_ode_pairs(teacher_ckpt):
 
 
 def test_teacher_weights_can_stay_out_of_checkpoints(teacher_ckpt):
-    engine = build(teacher_ckpt, "model.params.save_teacher_weights=False")
+    engine = build(teacher_ckpt, "model.params.init.save_teacher_weights=False")
     checkpoint = {"state_dict": engine.state_dict()}
     engine.on_save_checkpoint(checkpoint)
     assert not any(k.startswith("real_score.") for k in checkpoint["state_dict"])
@@ -131,7 +132,7 @@ def test_every_dmd_config_builds(name):
         engine = instantiate_from_config(cfg.model)
     steps = {"digits_dmd_2step": 2, "digits_dmd_4step": 4}.get(name, 1)
     assert len(engine.sampler.generator_sigmas()) == steps
-    assert (engine.gan_head is not None) == (name == "digits_dmd_gan")
+    assert ("gan" in engine.terms) == (name == "digits_dmd_gan")
 
 
 def test_a_missing_teacher_is_a_config_error():
@@ -250,3 +251,53 @@ def test_main_trains_logs_checkpoints_and_resumes(teacher_ckpt, tmp_path):
     assert len(student.sampler.generator_sigmas()) == 4
     cond = student.conditioner({"cls": torch.arange(3)})
     assert student.sample(cond, batch_size=3, shape=(1, 8, 8)).shape == (3, 1, 8, 8)
+
+
+# ------------------------------------------------------------------------------ configuration surface
+@pytest.mark.parametrize("old, new", [
+    ("critic_loss_config", "model.params.loss_fn_config"),
+    ("gan_generator_weight", "model.params.terms.gan.params.generator_weight"),
+    ("regression_weight", "model.params.terms.regression.params.weight"),
+    ("critic_grad_clip", "model.params.critic.grad_clip"),
+    ("latent_shape", "model.params.inputs.latent_shape"),
+    ("allow_random_teacher", "model.params.init.allow_random_teacher"),
+])
+def test_an_old_flat_key_names_its_new_place(old, new):
+    from sgm.util import ConfigError
+
+    cfg = load_configs([DMD_CONFIG], [*TINY, f"model.params.{old}=1"])
+    with pytest.raises(ConfigError, match=f"model.params.{old} is now {new.replace('.', '[.]')}"):
+        instantiate_from_config(cfg.model)
+
+
+@pytest.mark.parametrize("group", ["critic", "init", "inputs"])
+def test_a_misspelt_option_is_an_error(group):
+    from sgm.util import ConfigError
+
+    cfg = load_configs([DMD_CONFIG], [*TINY, f"model.params.{group}.no_such_option=1"])
+    with pytest.raises(ConfigError, match=f"model.params.{group}: unknown option.*no_such_option"):
+        instantiate_from_config(cfg.model)
+
+
+def test_the_constructor_groups_its_concerns():
+    import inspect
+
+    from sgm.models.dmd import DMDEngine
+
+    named = [p for p in inspect.signature(DMDEngine).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    assert len(named) <= 20, [p.name for p in named]
+
+
+def test_loss_terms_come_unweighted_with_their_weights_and_graph(teacher_ckpt):
+    engine = build(teacher_ckpt, *GAN_TINY, config=GAN_CONFIG)
+    batch = digits_batch()
+    torch.manual_seed(5)
+    terms = engine.generator_loss_terms(batch)
+    assert set(terms.losses) == {"dmd", "gan"} and terms.weights == {"dmd": 1.0, "gan": 0.1}
+    assert all(v.requires_grad and v.ndim == 0 for v in terms.losses.values())
+    torch.manual_seed(5)
+    loss, _ = engine.generator_loss(batch)
+    torch.testing.assert_close(terms.total(), loss)
+    torch.testing.assert_close(terms.total(), terms.losses["dmd"] + 0.1 * terms.losses["gan"])
+    critic = engine.critic_loss_terms(batch)
+    assert set(critic.losses) == {"critic_denoise", "gan_critic"} and critic.weights["gan_critic"] == 0.3

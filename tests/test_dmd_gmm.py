@@ -53,7 +53,7 @@ def build_engine() -> DMDEngine:
         sampler_config=c(f"{M}.distillation.sampler.FewStepSampler",
                          discretization_config=c(f"{M}.diffusionmodules.discretizer.ExplicitDiscretization",
                                                  sigmas=[SIGMA_MAX])),
-        critic_loss_config=c(
+        loss_fn_config=c(
             f"{M}.diffusionmodules.loss.StandardDiffusionLoss",
             sigma_sampler_config=c(f"{M}.diffusionmodules.sigma_sampling.EDMSampling", p_mean=-0.5, p_std=1.5),
             loss_weighting_config=c(f"{M}.diffusionmodules.loss_weighting.EDMWeighting", sigma_data=SIGMA_DATA)),
@@ -61,7 +61,7 @@ def build_engine() -> DMDEngine:
             f"{M}.distillation.losses.RestrictedDiscreteSampling",
             discretization_config=c(f"{M}.diffusionmodules.discretizer.EDMDiscretization",
                                     sigma_min=0.002, sigma_max=SIGMA_MAX, rho=1.0)),
-        latent_shape=[2],  # data-free: the batch only says how many samples
+        inputs={"latent_shape": [2]},  # data-free: the batch only says how many samples
         generator_update_interval=2,
     )
 

@@ -10,7 +10,6 @@ from sgm.models.checkpoint import CheckpointError
 from sgm.modules.distillation.losses import (
     BottleneckClassifier,
     RestrictedDiscreteSampling,
-    clip_sigmas,
     dmd_loss,
     gan_critic_loss,
     gan_generator_loss,
@@ -89,7 +88,9 @@ def test_video_normaliser_per_clip_and_mask_excludes_known_frames():
 
 
 def test_one_sigma_per_clip():
-    sigma = clip_sigmas(lambda n: torch.arange(1.0, n + 1), num_rows=6, num_frames=3)
+    from sgm.modules.diffusionmodules.loss import per_clip_sigmas
+
+    sigma = per_clip_sigmas(lambda n: torch.arange(1.0, n + 1), num_rows=6, num_frames=3)
     torch.testing.assert_close(sigma, torch.tensor([1.0, 1, 1, 2, 2, 2]))
 
 

@@ -73,7 +73,7 @@ def test_svd_dmd_dry_run_lists_every_role():
         assert rows[role][1] == kind, rows[role]
         assert int(rows[role][2].replace(",", "")) == SVD_UNET_PARAMS, rows[role]
         assert int(rows[role][-1].replace(",", "")) == trainable, rows[role]
-    for part in ("conditioner", "first_stage_model", "model_ema", "critic_loss_fn"):
+    for part in ("conditioner", "first_stage_model", "model_ema", "loss_fn"):
         assert part in rows
     assert "data: sgm.data.image_folder.ImageFolderDataModule" in out.stdout
 
@@ -95,9 +95,9 @@ def test_svd_dmd_overlays(name, frames, scales, steps, gan):
     sigmas = sampler.generator_sigmas()
     assert len(sigmas) == steps and math.isclose(float(sigmas[0]), 700.0, rel_tol=1e-5)
     assert sampler.guider.__class__.__name__ == "IdentityGuider"
-    assert ("gan_head_config" in p) == gan
+    assert ("gan" in p.get("terms", {})) == gan
     if gan:  # the head fits the VideoUNet's bottleneck width
-        assert p.gan_head_config.params.in_channels == p.network_config.params.model_channels * 4
+        assert p.terms.gan.params.head_config.params.in_channels == p.network_config.params.model_channels * 4
 
 
 # ------------------------------------------------------------------------------ tiny, in process
@@ -218,9 +218,11 @@ def test_main_trains_tiny_video_dmd_and_the_export_loads_into_the_teacher_config
 def test_gan_term_without_real_frames_is_a_config_error(teacher_file):
     from sgm.util import ConfigError
 
-    engine = build(teacher_file, "model.params.gan_head_config.target=sgm.modules.distillation.losses.BottleneckClassifier",
-                   "model.params.gan_head_config.params.in_channels=64",  # 32 x channel_mult[-1] = 2
-                   "model.params.latent_shape=[3,16,16]")  # data-free, as dmd_svd.yaml
+    head = "model.params.terms.gan.params.head_config"
+    engine = build(teacher_file, "model.params.terms.gan.target=sgm.modules.distillation.terms.GANTerm",
+                   f"{head}.target=sgm.modules.distillation.losses.BottleneckClassifier",
+                   f"{head}.params.in_channels=64",  # 32 x channel_mult[-1] = 2
+                   "model.params.inputs.latent_shape=[3,16,16]")  # data-free, as dmd_svd.yaml
     batch = video_batch()
     batch.pop("frames")  # first frames only, as sgm.data.image_folder yields
     with pytest.raises(ConfigError, match="GAN term needs real data"):

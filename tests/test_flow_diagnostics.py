@@ -21,7 +21,8 @@ from diffusion_helpers import cfg
 from sgm.callbacks.diagnostics import LossDiagnostics
 from sgm.config import load_configs
 from sgm.diagnostics.flow import FlowProbe, euler_t
-from sgm.diagnostics.probes import DiffusionProbe, probe_for
+from sgm.diagnostics.probes import DiffusionProbe
+from sgm.diagnostics.registry import make_probe
 from sgm.diagnostics.rules import read_metrics, verdicts
 from sgm.modules.diffusionmodules.denoiser import Denoiser
 from sgm.modules.diffusionmodules.denoiser_scaling import sigma_to_t
@@ -59,10 +60,8 @@ def test_flow_weighting_makes_the_loss_the_velocity_mse():
     def network(x_in, c_noise, cond):
         return F_out
 
-    torch.manual_seed(3)
-    got = loss._forward(network, denoiser, {}, x0, {})  # (N,) lambda ||D - x0||^2
-    torch.manual_seed(3)  # the same draws: sigma, then eps
-    sigma, eps = loss.sample_sigmas(x0), loss.sample_noise(x0)
+    sigma, eps = loss.draw(x0)  # (N,), (N, ...)
+    got = loss.loss(lambda x, s, c: denoiser(network, x, s, c), x0, sigma, eps, {})  # (N,) lambda ||D - x0||^2
     want = (F_out - (eps - x0)).pow(2).flatten(1).mean(dim=1)  # ||F - v||^2, v = eps - x0
     assert sigma.min() > 0 and sigma_to_t(sigma).max() < 1
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
@@ -176,7 +175,7 @@ def judged(metrics: dict) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def exact_metrics():
     engine = toy_engine()
-    assert isinstance(probe_for(engine), FlowProbe)
+    assert isinstance(make_probe(engine), FlowProbe)
     return FlowProbe(**QUICK)(engine, toy_batch(engine)).metrics
 
 
@@ -232,7 +231,7 @@ def test_endpoint_and_boundary_rules_on_series():
 # ------------------------------------------------------------------------------ callback, video
 def test_probe_choice_follows_the_denoiser_scaling():
     edm_config = os.path.join(ROOT, "configs/example_training/toy/digits_cond.yaml")
-    assert type(probe_for(instantiate_from_config(load_configs([edm_config], TINY).model))) is DiffusionProbe
+    assert type(make_probe(instantiate_from_config(load_configs([edm_config], TINY).model))) is DiffusionProbe
 
 
 def test_loss_diagnostics_writes_flow_metrics_to_the_csv_log(tmp_path):
@@ -275,7 +274,7 @@ def test_flow_probe_on_a_video_engine_integrates_whole_clips():
     batch = next(iter(data.train_dataloader()))
     calls = []
     engine.model.register_forward_hook(lambda module, args, out: calls.append(out.shape[0]))
-    probe = probe_for(engine, endpoint_steps=(2,), endpoint_ref_steps=3, endpoint_rows=12)
+    probe = make_probe(engine, endpoint_steps=(2,), endpoint_ref_steps=3, endpoint_rows=12)
     metrics = probe(engine, batch).metrics
     assert isinstance(probe, FlowProbe)
     assert calls[-5:] == [8] * 5  # 12 rows asked: one whole clip of 8 frames, 3 + 2 Euler steps

@@ -129,11 +129,18 @@ def test_lpips_is_refused_with_explanation():
         make_loss(loss_type="l3")
 
 
-def test_forward_private_reuses_precomputed_cond():
+def test_public_seam_reuses_precomputed_cond_and_given_draws():
     denoiser = RecordingDenoiser()
     cond = {"vector": torch.ones(2, 3)}
-    loss = make_loss()._forward(None, denoiser, cond, torch.zeros(2, 1, 2, 2), {})
-    assert loss.shape == (2,) and denoiser.calls[0]["cond"] is cond
+    loss_fn = make_loss()
+    x0 = torch.zeros(2, 1, 2, 2)
+    sigma, noise = loss_fn.draw(x0)
+    torch.testing.assert_close(sigma, torch.full((2,), 0.7))
+    loss = loss_fn.loss(lambda x, s, c, **kw: denoiser(None, x, s, c, **kw), x0, sigma, noise, cond, extra=1)
+    call = denoiser.calls[0]
+    assert loss.shape == (2,) and call["cond"] is cond and call["kwargs"] == {"extra": 1}
+    torch.testing.assert_close(call["x"], x0 + 0.7 * noise)  # x = x0 + sigma * eps with the given draws
+    assert call["sigma"] is sigma
 
 
 def test_upstream_style_config():

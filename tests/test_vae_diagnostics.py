@@ -11,7 +11,7 @@ import torch
 
 from sgm.callbacks.diagnostics import LossDiagnostics
 from sgm.config import load_configs
-from sgm.diagnostics.probes import probe_for
+from sgm.diagnostics.registry import make_probe
 from sgm.diagnostics.rules import kl_ablation_verdict, read_metrics, verdicts
 from sgm.diagnostics.vae import VAEProbe
 from sgm.models.autoencoder import AutoencodingEngine
@@ -84,7 +84,7 @@ def test_only_a_gaussian_posterior_trains():
 def test_probe_isolates_rec_and_kl_and_flags_a_kl_weighted_zero():
     batch = digit_batches(1)[0]
     healthy = vae()
-    probe = probe_for(healthy)
+    probe = make_probe(healthy)
     assert isinstance(probe, VAEProbe) and probe.default_groups == {"encoder": "encoder.", "decoder": "decoder."}
     metrics = probe(healthy, batch).metrics
     assert metrics["grad/rec"] > 0 and metrics["grad/kl"] > 0 and metrics["grad/kl_detached"] == 0.0

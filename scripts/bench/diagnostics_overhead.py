@@ -42,7 +42,7 @@ class StepTimer(pl.Callback):
 
 
 def run(engine_kind: str, steps: int, every: int | None) -> dict[int, float]:
-    overrides = TINY + (["model.params.allow_random_teacher=True"] if engine_kind == "dmd" else [])
+    overrides = TINY + (["model.params.init.allow_random_teacher=True"] if engine_kind == "dmd" else [])
     torch.manual_seed(0)
     engine = instantiate_from_config(load_configs([os.path.join(ROOT, CONFIGS[engine_kind])], overrides).model,
                                      learning_rate=1e-4)

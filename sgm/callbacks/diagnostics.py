@@ -8,8 +8,8 @@ Configured like any callback (see configs/diagnostics/loss_diagnostics.yaml):
           target: sgm.callbacks.diagnostics.LossDiagnostics
           params: {every_n_steps: 50, groups: {generator: "model.", critic: "fake_score."}}
 
-On a sampled step, before the training step: the engine's probe (sgm/diagnostics/probes.py) reruns
-each loss from the step's own RNG state and measures per-loss gradient norms, per-sigma-bin losses,
+On a sampled step, before the training step: the engine's probe (sgm/diagnostics/registry.py) runs
+the engine's public loss methods from the step's own RNG state and measures per-loss gradient norms, per-sigma-bin losses,
 the conditioning gain, (DMD) the distribution-matching statistics and (rectified flow) the velocity
 alignment and Euler endpoint errors (sgm/diagnostics/flow.py); the chosen parameter groups are
 copied. After the optimiser step, the update ratios |delta theta| / |theta| are added and the whole
@@ -26,8 +26,7 @@ from typing import Any, Sequence
 import pytorch_lightning as pl
 import torch
 
-from sgm.diagnostics.flow import DEFAULT_ENDPOINT_STEPS
-from sgm.diagnostics.probes import DEFAULT_SIGMA_BINS, preserved_rng, probe_for
+from sgm.diagnostics.registry import make_probe
 
 
 class LossDiagnostics(pl.Callback):
@@ -35,24 +34,25 @@ class LossDiagnostics(pl.Callback):
         self,
         every_n_steps: int = 50,  # sample global steps 0, n, 2n, ...
         groups: dict | None = None,  # {name: parameter-name prefix}; default per engine type
-        sigma_bins: list | None = None,  # sigma bin edges; default probes.DEFAULT_SIGMA_BINS
         image_every_n_steps: int | None = None,  # DMD image grids (a multiple of every_n_steps); None: off
         max_images: int = 8,  # rows (clips for video) per image kind
-        teacher_steps: int = 8,  # Euler steps of the teacher's reference samples (DMD)
-        teacher_samples: int = 64,  # rows of the teacher's reference (DMD)
         video_format: str = "gif",  # file format of video grids
-        endpoint_steps: Sequence[int] = DEFAULT_ENDPOINT_STEPS,  # rectified flow: K of flow/endpt_rmse@K
-        endpoint_ref_steps: int = 128,  # rectified flow: Euler steps of the reference endpoint
-        endpoint_rows: int = 16,  # rectified flow: rows (whole clips) integrated to their endpoint
+        # probe options (None: the probe's default; each probe takes those it declares)
+        sigma_bins: Sequence[float] | None = None,  # sigma bin edges (diffusion, flow, DMD)
+        teacher_steps: int | None = None,  # DMD: Euler steps of the teacher's reference samples
+        teacher_samples: int | None = None,  # DMD: rows of the teacher's reference
+        endpoint_steps: Sequence[int] | None = None,  # rectified flow: K of flow/endpt_rmse@K
+        endpoint_ref_steps: int | None = None,  # rectified flow: Euler steps of the reference endpoint
+        endpoint_rows: int | None = None,  # rectified flow: rows (whole clips) integrated to their endpoint
     ):
         super().__init__()
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self.groups = dict(groups) if groups is not None else None
-        self.probe_params = {"sigma_bins": tuple(sigma_bins or DEFAULT_SIGMA_BINS), "teacher_steps": teacher_steps,
-                             "teacher_samples": teacher_samples, "endpoint_ref_steps": endpoint_ref_steps,
-                             "endpoint_rows": endpoint_rows, "endpoint_steps": tuple(endpoint_steps)}
+        self.probe_options = {"sigma_bins": sigma_bins, "teacher_steps": teacher_steps,
+                              "teacher_samples": teacher_samples, "endpoint_steps": endpoint_steps,
+                              "endpoint_ref_steps": endpoint_ref_steps, "endpoint_rows": endpoint_rows}
         self.image_every_n_steps = image_every_n_steps
         self.max_images = max_images
         self.video_format = video_format
@@ -65,9 +65,9 @@ class LossDiagnostics(pl.Callback):
         return step % self.every_n_steps == 0
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self.probe = probe_for(pl_module, **self.probe_params)
+        self.probe = make_probe(pl_module, **self.probe_options)
         if self.groups is None:
-            self.groups = dict(getattr(self.probe, "default_groups", {}))
+            self.groups = self.probe.groups(pl_module) if self.probe is not None else {}
 
     # ------------------------------------------------------------------ hooks
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
@@ -79,8 +79,7 @@ class LossDiagnostics(pl.Callback):
         metrics: dict[str, float] = {}
         images, num_frames = {}, 1
         if self.probe is not None:
-            with preserved_rng():
-                result = self.probe(pl_module, batch, want_images=self.wants_images(step))
+            result = self.probe(pl_module, batch, want_images=self.wants_images(step))  # leaves the RNG as it was
             metrics, images, num_frames = result.metrics, result.images, result.num_frames
         self._pending = {"step": step, "metrics": metrics, "snapshot": self.snapshot(pl_module),
                          "seconds": time.perf_counter() - start}

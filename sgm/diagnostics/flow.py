@@ -4,7 +4,7 @@ Everything `DiffusionProbe` reports (gradient norms, per-sigma-bin loss, loss/co
 plus the velocity metrics below, all in rectified-flow time t = sigma / (1 + sigma), where the engine's
 x = x0 + sigma * eps is x_t = x / (1 + sigma) = (1 - t) x0 + t eps and the target is v = eps - x0.
 
-Alignment, on the training step's own x0, sigma and noise (the draws of `DiffusionProbe.draw`), with the
+Alignment, on the training step's own x0, sigma and noise (`DiffusionEngine.training_inputs`), with the
 batch's conditions without CFG dropout. The prediction is read off the denoiser output D, as the loss sees
 it: D = x_t - t v_pred (RectifiedFlowScaling), so v_pred = (x_t - D) / t.
 
@@ -12,7 +12,7 @@ it: D = x_t - t v_pred (RectifiedFlowScaling), so v_pred = (x_t - D) / t.
     flow/nmse           sum ||v_pred - v_tgt||^2 / sum ||v_tgt||^2
     flow/speed_ratio    mean over rows of ||v_pred|| / ||v_tgt||
     flow/cos_t{b}, flow/nmse_t{b}    the same for the rows with t in [b / 10, (b + 1) / 10)
-    flow/cond_gain_cos  flow/cos minus the cos with shuffled conditions (probes.shuffled_cond)
+    flow/cond_gain_cos  flow/cos minus the cos with shuffled conditions (base.shuffled_cond)
 
 Even the exact field E[v | x_t] does not reach cos = 1: v_tgt = eps - x0 keeps a part that x_t cannot
 tell (eps near t = 0, x0 near t = 1). But the exact field is calibrated, <v_pred, v_tgt - v_pred> ≈ 0, so
@@ -42,8 +42,11 @@ from typing import Callable, Sequence
 import torch
 from torch.nn import functional as F
 
-from sgm.diagnostics.probes import DEFAULT_SIGMA_BINS, DiffusionDraws, DiffusionProbe, ProbeResult
+from sgm.diagnostics.base import DEFAULT_SIGMA_BINS, ProbeResult
+from sgm.diagnostics.probes import DiffusionProbe
+from sgm.models.diffusion import DenoisingInputs, truncate_cond
 from sgm.modules.diffusionmodules.denoiser_scaling import sigma_to_t
+from sgm.modules.diffusionmodules.sampling_utils import euler_ode
 from sgm.util import append_dims
 
 DEFAULT_ENDPOINT_STEPS = (8, 16, 32, 64)
@@ -86,10 +89,7 @@ def alignment_metrics(v_pred: torch.Tensor, v_tgt: torch.Tensor, t: torch.Tensor
 def euler_t(velocity: Velocity, x_1: torch.Tensor, steps: int) -> torch.Tensor:
     """K = `steps` Euler steps of dx_t/dt = v(x_t, t) from t = 1 (x_1, pure noise) down to t = 0."""
     t_grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)  # (K + 1,)
-    x = x_1
-    for t, t_next in zip(t_grid[:-1], t_grid[1:]):
-        x = x + float(t_next - t) * velocity(x, t.to(x))
-    return x  # (n, ...) at t = 0
+    return euler_ode(lambda x, t: velocity(x, t.to(x)), x_1, t_grid)  # (n, ...) at t = 0
 
 
 def network_velocity(engine, cond: dict, extra: dict) -> Velocity:
@@ -114,7 +114,6 @@ class FlowProbe(DiffusionProbe):
         endpoint_ref_steps: int = 128,  # Euler steps of the reference endpoint
         endpoint_rows: int = 16,  # rows (whole clips for video) integrated to their endpoint
         endpoint_seed: int = 0,  # seed of the endpoint noise's own torch.Generator
-        **unused,
     ) -> None:
         super().__init__(sigma_bins)
         self.endpoint_steps = tuple(int(k) for k in endpoint_steps)
@@ -125,15 +124,15 @@ class FlowProbe(DiffusionProbe):
         self.endpoint_rows = endpoint_rows
         self.endpoint_seed = endpoint_seed
 
-    def __call__(self, engine, batch: dict, want_images: bool = False) -> ProbeResult:
-        draws = self.draw(engine, batch)
-        metrics, denoised = self.diffusion_metrics(engine, draws)
+    def measure(self, engine, batch: dict, want_images: bool = False) -> ProbeResult:
+        inputs = engine.training_inputs(batch)
+        metrics, denoised, clean = self.diffusion_metrics(engine, batch, inputs)
         with torch.no_grad():
-            metrics |= self.alignment(draws, denoised)
-            metrics |= self.endpoints(engine, draws)
-        return ProbeResult(metrics, num_frames=draws.num_frames)
+            metrics |= self.alignment(inputs, denoised)
+            metrics |= self.endpoints(engine, inputs, clean)
+        return ProbeResult(metrics, num_frames=inputs.num_frames)
 
-    def alignment(self, draws: DiffusionDraws, denoised: dict[str, torch.Tensor]) -> dict[str, float]:
+    def alignment(self, draws: DenoisingInputs, denoised: dict[str, torch.Tensor]) -> dict[str, float]:
         x0, sigma = draws.x0, draws.sigma
         t = sigma_to_t(sigma)  # (N,)
         t_b = append_dims(t, x0.ndim)  # (N, 1, ...)
@@ -145,13 +144,11 @@ class FlowProbe(DiffusionProbe):
         out["flow/cond_gain_cos"] = out["flow/cos"] - float(row_cos(v_shuffled, v_tgt).mean())
         return out
 
-    def endpoints(self, engine, draws: DiffusionDraws) -> dict[str, float]:
-        from sgm.models.diffusion import _truncate_cond
-
+    def endpoints(self, engine, draws: DenoisingInputs, clean: dict) -> dict[str, float]:
         rows, frames = draws.x0.shape[0], draws.num_frames
         n = max(1, min(self.endpoint_rows, rows) // frames) * frames  # whole clips
-        cond = _truncate_cond(draws.clean, n, frames, rows // frames)  # the first n rows' conditions
-        extra = _truncate_cond(draws.extra, n, frames, rows // frames)  # e.g. image_only_indicator (b, T)
+        cond = truncate_cond(clean, n, frames, rows // frames)  # the first n rows' conditions
+        extra = truncate_cond(draws.model_kwargs, n, frames, rows // frames)  # e.g. image_only_indicator (b, T)
         generator = torch.Generator().manual_seed(self.endpoint_seed)
         x_1 = torch.randn((n, *draws.x0.shape[1:]), generator=generator).to(draws.x0)  # (n, ...) t = 1
         velocity = network_velocity(engine, cond, extra)

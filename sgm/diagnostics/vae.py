@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from sgm.diagnostics.probes import ProbeResult, RoleGrads, grad_metrics, preserved_rng, term_grad
+from sgm.diagnostics.base import Probe, ProbeResult, grad_metrics, role_grads
 from sgm.modules.distributions.distributions import DiagonalGaussianDistribution
 
 ACTIVE_VAR = 0.01  # a latent element is active when Var_x[mu] exceeds this (Burda et al. 2016)
@@ -41,11 +41,11 @@ def posterior_stats(posterior: DiagonalGaussianDistribution, z: torch.Tensor) ->
     }
 
 
-class VAEProbe:
+class VAEProbe(Probe):
     """Reconstruction and KL terms of a TrainableAutoencodingEngine, isolated, plus posterior statistics.
 
-    The forward pass is replayed from the training step's RNG state, so the probe sees the step's own
-    posterior sample. Each term is differentiated alone as it enters the loss (weight included), so a
+    `engine.reconstruct(batch)` runs from the training step's RNG state (the callback preserves it), so
+    the probe sees the step's own posterior sample. Each term is differentiated alone as it enters the loss (weight included), so a
     term weighted 0 has a zero gradient; the KL reaches only the encoder.
     """
 
@@ -53,25 +53,13 @@ class VAEProbe:
     # term -> (role, its weight's key under model.params), for scripts/ablate.py
     term_weights = {"kl": ("autoencoder", "loss_config.params.kl_weight")}
 
-    def __init__(self, **unused) -> None:
-        pass
-
-    def __call__(self, engine, batch: dict, want_images: bool = False) -> ProbeResult:
-        params = engine.trainable_parameters()
-        with preserved_rng():  # the draws of training_step, in its order
-            out = engine.reconstruct(batch)
+    def measure(self, engine, batch: dict, want_images: bool = False) -> ProbeResult:
+        out = engine.reconstruct(batch)
         terms = engine.loss.terms(out.x, out.x_rec, out.posterior)  # unweighted scalars
-        weights = engine.loss.weights()
-        weighted = {name: weights[name] * value for name, value in terms.items()}
-        total = term_grad(sum(weighted.values()), params, retain_graph=True)
-        grads = {}
-        for name, value in weighted.items():
-            if weights[name] == 0:  # switched off by its weight: zero by definition, never "detached"
-                grads[name] = term_grad(None, params)
-                continue
-            grad = term_grad(value, params, retain_graph=True)
-            grad.detached = grad.detached or grad.norm == 0.0  # on, yet no gradient path
-            grads[name] = grad
-        metrics = grad_metrics([RoleGrads("autoencoder", total, grads)])
+        grads = role_grads("autoencoder", terms, engine.loss.weights(), engine.trainable_parameters())
+        metrics = grad_metrics([grads])
         metrics |= posterior_stats(out.posterior, out.z)
         return ProbeResult(metrics)
+
+
+__all__ = ["VAEProbe", "posterior_stats"]

@@ -10,6 +10,7 @@ batch holds the int `num_video_frames` = t.
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import pytorch_lightning as pl
@@ -18,9 +19,12 @@ from torch import nn
 
 from sgm.models.checkpoint import load_weights, read_state_dict
 from sgm.modules import UNCONDITIONAL_CONFIG
+from sgm.modules.diffusionmodules.loss import frames_per_clip
 from sgm.modules.ema import LitEma
+from sgm.modules.diffusionmodules.wrappers import DEFAULT_WRAPPER
 from sgm.util import (
     ConfigError,
+    append_dims,
     broadcast_cond_to_rows,
     default,
     freeze,
@@ -28,7 +32,22 @@ from sgm.util import (
     instantiate_from_config,
 )
 
-DEFAULT_WRAPPER = "sgm.modules.diffusionmodules.wrappers.OpenAIWrapper"
+
+
+@dataclass
+class DenoisingInputs:
+    """What the denoising loss of one training step sees."""
+
+    x0: torch.Tensor  # (N, ...) clean latents
+    cond: dict  # conditions, N rows (CFG dropout applied)
+    sigma: torch.Tensor  # (N,) one per clip
+    noise: torch.Tensor  # (N, ...) eps
+    model_kwargs: dict  # batch entries passed to the network (num_video_frames, ...)
+    num_frames: int  # T, frames per clip (1: images)
+
+    @property
+    def x_noisy(self) -> torch.Tensor:
+        return self.x0 + append_dims(self.sigma, self.x0.ndim) * self.noise  # x = x0 + sigma * eps
 
 
 class DiffusionEngine(pl.LightningModule):
@@ -123,15 +142,28 @@ class DiffusionEngine(pl.LightningModule):
             ])
 
     # ------------------------------------------------------------------ training
-    def forward(self, x: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
-        loss = self.loss_fn(self.model, self.denoiser, self.conditioner, x, batch)
-        loss_mean = loss.mean()
-        return loss_mean, {"loss": loss_mean}
+    def training_inputs(self, batch: dict) -> DenoisingInputs:
+        """One training step's x0, conditions (CFG dropout applied) and loss draws, in that order."""
+        x0 = self.encode_first_stage(self.get_input(batch))  # (N, ...)
+        rows = x0.shape[0]
+        cond = broadcast_cond_to_rows(self.conditioner(batch), rows)
+        num_frames = frames_per_clip(batch, rows)
+        sigma, noise = self.loss_fn.draw(x0, num_frames)  # (N,), (N, ...)
+        return DenoisingInputs(x0, cond, sigma, noise, self.loss_fn.model_inputs(batch), num_frames)
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict, **model_kwargs: Any) -> torch.Tensor:
+        """D(x; sigma, cond) of the engine's own network -> x0 estimate (N, ...)."""
+        return self.denoiser(self.model, x, sigma, cond, **model_kwargs)
+
+    def forward(self, inputs: DenoisingInputs) -> torch.Tensor:
+        """The denoising loss per row (N,) of `training_inputs`."""
+        return self.loss_fn.loss(self.denoise, inputs.x0, inputs.sigma, inputs.noise, inputs.cond,
+                                 **inputs.model_kwargs)
 
     def shared_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        x = self.encode_first_stage(self.get_input(batch))
         batch["global_step"] = self.global_step
-        return self(x, batch)
+        loss_mean = self(self.training_inputs(batch)).mean()
+        return loss_mean, {"loss": loss_mean}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, loss_dict = self.shared_step(batch)
@@ -148,7 +180,8 @@ class DiffusionEngine(pl.LightningModule):
             raise ConfigError("training needs model.params.loss_fn_config (e.g. StandardDiffusionLoss)")
 
     def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
-        if self.use_ema:
+        """EMA after the optimiser step; an engine with manual optimisation updates it after its own steps."""
+        if self.use_ema and self.automatic_optimization:
             self.model_ema(self.model)
 
     @contextmanager
@@ -204,7 +237,7 @@ class DiffusionEngine(pl.LightningModule):
         uc = broadcast_cond_to_rows(uc, batch_size) if uc is not None else None
 
         def denoiser(x, sigma, c):
-            return self.denoiser(self.model, x, sigma, c, **kwargs)
+            return self.denoise(x, sigma, c, **kwargs)
 
         return self.sampler(denoiser, randn, cond, uc=uc, num_steps=num_steps)
 
@@ -234,7 +267,7 @@ class DiffusionEngine(pl.LightningModule):
         c, uc = self.conditioner.get_unconditional_conditioning(
             batch, force_uc_zero_embeddings=list(ucg_keys)
         )
-        c, uc = (_truncate_cond(d, rows, frames, clips) for d in (c, uc))
+        c, uc = (truncate_cond(d, rows, frames, clips) for d in (c, uc))
         # image_only_indicator is left to the network's default (all frames are video frames):
         # a batch's (b, t) indicator would not match the guider's doubled batch.
         extra = {"num_video_frames": T} if T else {}
@@ -253,7 +286,7 @@ class DiffusionEngine(pl.LightningModule):
         return keys
 
 
-def _truncate_cond(cond: dict, rows: int, frames: int, clips: int) -> dict:
+def truncate_cond(cond: dict, rows: int, frames: int, clips: int) -> dict:
     """Conditioning of the first `rows` input rows; per-clip tensors (`clips` rows) keep whole clips."""
     out = {}
     for key, value in cond.items():

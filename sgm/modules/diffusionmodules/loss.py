@@ -57,48 +57,61 @@ class StandardDiffusionLoss(nn.Module):
         input: torch.Tensor,  # (N, ...) clean latents x0
         batch: dict,
     ) -> torch.Tensor:
-        cond = conditioner(batch)
-        return self._forward(network, denoiser, cond, input, batch)
+        """Upstream's call: conditions, then `draw`, then `loss` -> per-row loss (N,)."""
+        cond = broadcast_cond_to_rows(conditioner(batch), input.shape[0])  # per-clip cond -> N rows
+        sigma, noise = self.draw(input, frames_per_clip(batch, input.shape[0]))
 
-    def _forward(
-        self,
-        network: Callable[..., torch.Tensor],
-        denoiser: Callable[..., torch.Tensor],
-        cond: dict,  # precomputed conditioning
-        input: torch.Tensor,  # (N, ...) clean latents x0
-        batch: dict,
-    ) -> torch.Tensor:
-        """Per-row loss, shape (N,). Per-clip conditioning is repeated to the clip's frames."""
-        cond = broadcast_cond_to_rows(cond, input.shape[0])
-        additional_model_inputs = {key: batch[key] for key in self.batch2model_keys if key in batch}
-        num_frames = frames_per_clip(batch, input.shape[0])
-        sigma = self.sample_sigmas(input, num_frames)  # (N,)
-        noise = self.sample_noise(input, num_frames)  # (N, ...)
-        x_noisy = input + append_dims(sigma, input.ndim) * noise  # x = x0 + sigma * eps
-        D_x = denoiser(network, x_noisy, sigma, cond, **additional_model_inputs)  # (N, ...)
-        w = append_dims(self.loss_weighting(sigma), input.ndim)  # (N, 1, ...)
-        return self.get_loss(D_x, input, w)
+        def denoise(x: torch.Tensor, s: torch.Tensor, c: dict, **kwargs) -> torch.Tensor:
+            return denoiser(network, x, s, c, **kwargs)
 
-    def sample_sigmas(self, input: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
-        """One sigma per clip of `num_frames` consecutive rows, repeated per frame -> (N,)."""
-        num_clips = input.shape[0] // num_frames
-        sigma = self.sigma_sampler(num_clips).to(input)  # (B,)
-        return sigma.repeat_interleave(num_frames)  # (B*T,)
+        return self.loss(denoise, input, sigma, noise, cond, **self.model_inputs(batch))
 
-    def sample_noise(self, input: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
-        """eps ~ N(0, I) per element, plus optional offset noise constant over space and frames."""
-        noise = torch.randn_like(input)  # (N, C, ...)
-        if self.offset_noise_level > 0.0:
-            num_clips = input.shape[0] // num_frames
-            offset = torch.randn(num_clips, input.shape[1], device=input.device, dtype=input.dtype)  # (B, C)
+    # ------------------------------------------------------------------ the public seam
+    def draw(self, x0: torch.Tensor, num_frames: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training draw -> (sigma (N,), one per clip of `num_frames` rows; eps (N, ...))."""
+        sigma = per_clip_sigmas(self.sigma_sampler, x0.shape[0], num_frames, x0.device)  # (N,)
+        noise = torch.randn_like(x0)  # (N, C, ...)
+        if self.offset_noise_level > 0.0:  # plus a constant over space and the frames of a clip
+            num_clips = x0.shape[0] // num_frames
+            offset = torch.randn(num_clips, x0.shape[1], device=x0.device, dtype=x0.dtype)  # (B, C)
             offset = offset.repeat_interleave(num_frames, dim=0)  # (B*T, C)
-            noise = noise + self.offset_noise_level * append_dims(offset, input.ndim)
-        return noise
+            noise = noise + self.offset_noise_level * append_dims(offset, x0.ndim)
+        return sigma, noise
+
+    def loss(
+        self,
+        denoise_fn: Callable[..., torch.Tensor],  # D(x, sigma, cond, **kw) -> x0 estimate (N, ...)
+        x0: torch.Tensor,  # (N, ...) clean latents
+        sigma: torch.Tensor,  # (N,) from draw()
+        noise: torch.Tensor,  # (N, ...) eps from draw()
+        cond: dict,  # conditioning, N rows
+        **model_kwargs,  # extra network inputs (num_video_frames, image_only_indicator, ...)
+    ) -> torch.Tensor:
+        """lambda(sigma) * ||D(x0 + sigma * eps; sigma) - x0||^2 per row -> (N,)."""
+        x_noisy = x0 + append_dims(sigma, x0.ndim) * noise  # x = x0 + sigma * eps
+        D_x = denoise_fn(x_noisy, sigma, cond, **model_kwargs)  # (N, ...)
+        w = append_dims(self.loss_weighting(sigma), x0.ndim)  # (N, 1, ...)
+        return self.get_loss(D_x, x0, w)
+
+    def model_inputs(self, batch: dict) -> dict:
+        """The batch entries named by `batch2model_keys` that the batch has."""
+        return {key: batch[key] for key in self.batch2model_keys if key in batch}
 
     def get_loss(self, model_output: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if self.loss_type == "l2":
             return mean_flat(w * (model_output - target) ** 2)
         return mean_flat(w * (model_output - target).abs())
+
+
+def per_clip_sigmas(
+    sigma_sampler: Callable[[int], torch.Tensor],  # n -> (n,) sigmas
+    num_rows: int,  # N = B*T
+    num_frames: int = 1,  # T
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """One sigma per clip of `num_frames` consecutive rows, repeated for its frames -> (N,) fp32."""
+    sigma = sigma_sampler(num_rows // num_frames).float().to(device)  # (B,)
+    return sigma.repeat_interleave(num_frames)  # (B*T,)
 
 
 def frames_per_clip(batch: dict, num_rows: int) -> int:
@@ -117,4 +130,4 @@ def frames_per_clip(batch: dict, num_rows: int) -> int:
     return int(num_frames)
 
 
-__all__ = ["StandardDiffusionLoss", "frames_per_clip"]
+__all__ = ["StandardDiffusionLoss", "frames_per_clip", "per_clip_sigmas"]

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from sgm.modules.diffusionmodules.sampling_utils import (
     get_ancestral_step,
+    initial_noise,
     linear_multistep_coeff,
     to_d,
     to_neg_log_sigma,
@@ -53,7 +54,7 @@ class BaseDiffusionSampler:
         """-> (x * sqrt(1 + sigma_0^2), s_in (N,) ones, sigmas (num_steps + 1,), len(sigmas), cond, uc)."""
         sigmas = self.discretization(default(num_steps, self.num_steps), device=x.device)  # ends with 0
         uc = default(uc, cond)
-        x = x * torch.sqrt(1.0 + sigmas[0] ** 2.0)  # upstream scales by sqrt(1 + sigma_max^2)
+        x = initial_noise(x, sigmas[0])  # upstream scales by sqrt(1 + sigma_max^2)
         s_in = x.new_ones([x.shape[0]])  # (N,)
         return x, s_in, sigmas, len(sigmas), cond, uc
 

@@ -9,6 +9,22 @@ from scipy import integrate
 from sgm.util import append_dims
 
 
+def initial_noise(noise: torch.Tensor, sigma_0: torch.Tensor) -> torch.Tensor:
+    """x_0 = sqrt(1 + sigma_0^2) * eps: every sampler's start from unit noise (upstream's scaling)."""
+    return noise * torch.sqrt(1.0 + sigma_0.float() ** 2)
+
+
+def euler_ode(
+    derivative,  # (x (N, ...), s scalar tensor) -> dx/ds (N, ...)
+    x: torch.Tensor,  # (N, ...) the state at grid[0]
+    grid: torch.Tensor,  # (K + 1,) the values of the ODE variable s (sigma, or flow time t)
+) -> torch.Tensor:
+    """K explicit Euler steps x <- x + (s_next - s) dx/ds along `grid` -> the state at grid[-1]."""
+    for s, s_next in zip(grid[:-1], grid[1:]):
+        x = x + (s_next - s).to(x) * derivative(x, s)
+    return x
+
+
 def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
     """ODE derivative dx/dsigma = (x - D(x; sigma)) / sigma (Karras et al. 2022, eq. 3). sigma: (N,)."""
     return (x - denoised) / append_dims(sigma, x.ndim)

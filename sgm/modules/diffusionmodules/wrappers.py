@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+DEFAULT_WRAPPER = "sgm.modules.diffusionmodules.wrappers.OpenAIWrapper"  # engines' and score roles' default
+
 
 class IdentityWrapper(nn.Module):
     """Calls the network with whatever it is given."""

@@ -6,7 +6,7 @@ together with `sgm.util.fold_frames`, so a clip is one sample.
 
     dmd_loss               generator: 0.5 ||x0 - sg(x0 - grad)||^2 with
                            grad = (pred_fake - pred_real) / mean|x0 - pred_real|   (DMD eq. 7-8)
-    critic (fake_score)    the ordinary denoising loss on generated samples: StandardDiffusionLoss
+    critic (fake_score)    the ordinary denoising loss on generated samples: the engine's loss_fn
     gan_*_loss             non-saturating GAN on the critic's bottleneck features (DMD2 sec. 4.3)
     regression_loss        ||G(noise) - x0_teacher||^2 on teacher ODE pairs (DMD1 sec. 3.3)
 """
@@ -105,17 +105,6 @@ class RestrictedDiscreteSampling:
         return sigma if device is None else sigma.to(device)
 
 
-def clip_sigmas(
-    sigma_sampler,  # callable n -> (n,) sigmas
-    num_rows: int,  # N = B*T
-    num_frames: int = 1,  # T
-    device: str | torch.device = "cpu",
-) -> torch.Tensor:
-    """One sigma per clip, repeated for its frames -> (N,) fp32."""
-    sigma = sigma_sampler(num_rows // num_frames).float().to(device)  # (B,)
-    return sigma.repeat_interleave(num_frames)  # (B*T,)
-
-
 # ---------------------------------------------------------------------------------- GAN (DMD2)
 class BottleneckClassifier(nn.Module):
     """A small real/fake head on the critic's bottleneck features h_mid -> one logit per row."""
@@ -163,7 +152,6 @@ __all__ = [
     "BottleneckClassifier",
     "DMDStats",
     "RestrictedDiscreteSampling",
-    "clip_sigmas",
     "dmd_loss",
     "frame_mask",
     "gan_critic_loss",

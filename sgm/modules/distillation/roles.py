@@ -1,6 +1,6 @@
 """Score roles: modules whose `forward(x, sigma, cond, uc=None, **kw)` returns the x0 estimate.
 
-DMD needs two of them besides the generator (DESIGN.md, "DMD extension"):
+DMD needs two of them besides the generator (sgm/models/dmd.py):
 
     real_score   the teacher, frozen, evaluated with classifier-free guidance when `uc` is given
     fake_score   the critic, trainable, evaluated without guidance
@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from sgm.models.checkpoint import LoadReport, load_weights, read_state_dict, select_prefix
+from sgm.modules.diffusionmodules.wrappers import DEFAULT_WRAPPER
 from sgm.util import ConfigError, default, freeze, get_obj_from_str, instantiate_from_config
 
-DEFAULT_WRAPPER = "sgm.modules.diffusionmodules.wrappers.OpenAIWrapper"
 NORMS = (nn.GroupNorm, nn.LayerNorm)  # kept in fp32 when the network runs in low precision
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

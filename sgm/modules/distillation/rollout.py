@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from sgm.modules.diffusionmodules.discretizer import Discretization
+from sgm.modules.diffusionmodules.sampling_utils import initial_noise
 from sgm.util import append_dims, instantiate_from_config
 
 GeneratorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, sigma (N,)) -> x0_hat
@@ -76,11 +77,6 @@ def draw_exit_step(
     return int(torch.randint(num_steps, (1,), generator=generator))
 
 
-def initial_noise(noise: torch.Tensor, sigma_0: torch.Tensor) -> torch.Tensor:
-    """x_0 = sqrt(1 + sigma_0^2) * eps, the samplers' start (fp32 arithmetic)."""
-    return noise * torch.sqrt(1.0 + sigma_0.float() ** 2)
-
-
 def renoise(x0_hat: torch.Tensor, next_sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """x_{i+1} = x0_hat + sigma_{i+1} * eps (fresh eps). next_sigma: (N,)."""
     return x0_hat + append_dims(next_sigma, x0_hat.ndim) * noise
@@ -113,6 +109,5 @@ __all__ = [
     "draw_exit_step",
     "few_step_indices",
     "few_step_sigmas",
-    "initial_noise",
     "renoise",
 ]
