@@ -377,3 +377,20 @@ def test_svd_finetune_configs_build_on_meta_with_video_folder_data():
     assert out.returncode == 0, out.stderr[-3000:]
     assert "DiffusionEngine: 2,389,819,785 parameters (1,524,623,082 trainable)" in out.stdout
     assert "data: sgm.data.video_folder.VideoFolderDataModule" in out.stdout
+
+
+def test_dmd_svd_gan_reads_real_clips_from_a_video_folder(folder):
+    from sgm.config import load_configs
+    from sgm.util import instantiate_from_config
+
+    cfg = load_configs([os.path.join(ROOT, "configs/dmd/dmd_svd_gan.yaml")])
+    data = instantiate_from_config(cfg.data)
+    assert isinstance(data, VideoFolderDataModule) and data.num_frames == 14 and data.size == (576, 1024)
+    # the same data block on the small clips written here: real frames for the GAN, micro-conditioning per clip
+    small = load_configs([os.path.join(ROOT, "configs/dmd/dmd_svd_gan.yaml")], [
+        f"data.params.folder={folder}", "data.params.size=[16,24]", "data.params.num_frames=3",
+        "data.params.frame_stride=2", "data.params.num_workers=0", "data.params.batch_size=2",
+        "+data.params.frames_fps=8"])
+    (batch,) = batches(instantiate_from_config(small.data))
+    assert set(batch) == KEYS and batch["frames"].shape == (6, 3, 16, 24)
+    assert set(batch["fps_id"].tolist()) <= {11.0, 4.0, 3.0}  # 24 fps / 2 - 1, 10 fps gif -> 5 - 1, 8 / 2 - 1
