@@ -279,9 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         **trainer_opts,
         logger=make_loggers(opt, logdir, nowname, lightning_config),
         callbacks=make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config),
-        default_root_dir=logdir,
+        default_root_dir=logdir,  # the run directory, for callbacks (sgm.callbacks.setup.run_dir)
     )
-    trainer.logdir = logdir
     data = instantiate_from_config(config.data)
     if opt.train:
         trainer.fit(model, data, ckpt_path=resume_ckpt)
@@ -354,7 +353,7 @@ if __name__ == "__main__":
             sys.exit(128 + 15)
         raise
     except Exception as error:  # one clear line for configuration mistakes; full trace otherwise
-        from sgm.models.checkpoint import CheckpointError
+        from sgm.io.checkpoint import CheckpointError
         from sgm.util import ConfigError
 
         if isinstance(error, (ConfigError, CheckpointError, KeyError, FileNotFoundError)):

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sgm  # noqa: E402,F401
-from sgm.models.checkpoint import read_state_dict  # noqa: E402
+from sgm.io.checkpoint import read_state_dict  # noqa: E402
 
 INFERENCE_TARGET = "sgm.models.diffusion.DiffusionEngine"
 KEPT_PREFIXES = ("model.diffusion_model.", "conditioner.", "first_stage_model.")

@@ -10,7 +10,7 @@ import tempfile
 import pytest
 import torch
 
-from sgm.models.checkpoint import (
+from sgm.io.checkpoint import (
     TEMP_SUFFIX,
     CheckpointError,
     atomic_torch_save,
@@ -112,7 +112,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
 
 KILLED_WRITER = """
 import os, signal, sys, torch
-from sgm.models.checkpoint import atomic_torch_save, atomic_write
+from sgm.io.checkpoint import atomic_torch_save, atomic_write
 path = sys.argv[1]
 atomic_torch_save({"step": torch.tensor(1), "w": torch.ones(1000)}, path)
 def killed(f):

@@ -244,3 +244,25 @@ def test_diagnose_script_prints_verdicts_writes_a_plot_and_compares(healthy_run,
     assert diagnose.main([str(tmp_path / "ablated"), "--compare", str(tmp_path / "healthy"), "--no-plot"]) == 0
     out = capsys.readouterr().out
     assert "ignores its conditioning" in out and "loss/cond_gain" in out.split("moved")[1]
+
+
+# ------------------------------------------------------------------------------ the probe table and its options
+def test_one_table_chooses_the_probe_and_options_are_typed():
+    from sgm.diagnostics.flow import FlowProbe
+    from sgm.diagnostics.probes import DiffusionProbe
+    from sgm.diagnostics.registry import make_probe, probe_class_for
+    from sgm.diagnostics.vae import VAEProbe
+    from sgm.models.autoencoder_training import TrainableAutoencodingEngine
+    from sgm.models.diffusion import DiffusionEngine
+    from sgm.util import ConfigError
+
+    assert probe_class_for(DMDEngine) is DMDProbe and probe_class_for(DiffusionEngine) is DiffusionProbe
+    assert probe_class_for(TrainableAutoencodingEngine) is VAEProbe and probe_class_for(nn.Module) is None
+    probe = make_probe(cond_engine(), sigma_bins=[0.0, 1.0, 100.0], teacher_steps=3, endpoint_rows=None)
+    assert type(probe) is DiffusionProbe and probe.sigma_bins == (0.0, 1.0, 100.0)  # takes only its own options
+    with pytest.raises(TypeError):
+        DMDProbe(endpoint_steps=(2,))  # no option bag: an option the probe does not have is an error
+    with pytest.raises(TypeError):
+        FlowProbe(teacher_steps=3)
+    with pytest.raises(ConfigError, match="teacher_step"):  # misspelt in a config
+        instantiate_from_config({"target": "sgm.callbacks.diagnostics.LossDiagnostics", "params": {"teacher_step": 3}})

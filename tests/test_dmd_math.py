@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diffusion_helpers import cfg
-from sgm.models.checkpoint import CheckpointError
+from sgm.io.checkpoint import CheckpointError
 from sgm.modules.distillation.losses import (
     BottleneckClassifier,
     RestrictedDiscreteSampling,

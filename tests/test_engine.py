@@ -5,7 +5,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from sgm.models.checkpoint import CheckpointError
+from sgm.io.checkpoint import CheckpointError
 from sgm.models.diffusion import DiffusionEngine
 from sgm.util import ConfigError, instantiate_from_config
 

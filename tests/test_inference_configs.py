@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sgm.config import load_config
-from sgm.models.checkpoint import load_weights, read_state_dict
+from sgm.io.checkpoint import load_weights, read_state_dict
 from sgm.modules.diffusionmodules.guiders import LinearPredictionGuider, TrianglePredictionGuider
 from sgm.util import instantiate_from_config
 

@@ -50,7 +50,7 @@ def evaluate(engine, num_steps: int | None, n: int = 1000, seed: int = 0, grid: 
     num_steps = num_steps or sampler_steps(engine.sampler)
     result.update(steps=num_steps, nfe=network_evaluations(engine, num_steps), sec_per_sample=seconds)
     if grid is not None:
-        from sgm.callbacks.image_logger import save_image_grid
+        from sgm.io.media import save_image_grid
 
         big = torch.nn.functional.interpolate(images[:40], scale_factor=4, mode="nearest")  # 32x32 per digit
         save_image_grid(big, grid, n_rows=4)

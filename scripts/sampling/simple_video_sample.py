@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import sgm  # noqa: E402,F401  (torchvision shim before Lightning)
-from sgm.callbacks.image_logger import save_video_grid  # noqa: E402
+from sgm.io.media import save_video_grid  # noqa: E402
 from sgm.config import load_configs  # noqa: E402
 from sgm.data.video_batch import make_video_batch  # noqa: E402
 from sgm.util import get_obj_from_str, instantiate_from_config  # noqa: E402

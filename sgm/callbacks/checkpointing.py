@@ -6,7 +6,7 @@ from typing import Any
 
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from sgm.models.checkpoint import CheckpointError, atomic_torch_save, non_finite_keys
+from sgm.io.checkpoint import CheckpointError, atomic_torch_save, non_finite_keys
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import pytorch_lightning as pl
 import torch
 
+from sgm.callbacks.setup import run_dir
 from sgm.diagnostics.registry import make_probe
 
 
@@ -127,7 +128,7 @@ class LossDiagnostics(pl.Callback):
     def save_images(self, trainer: pl.Trainer, pl_module: pl.LightningModule, images: dict, num_frames: int,
                     step: int) -> None:
         """Rows: generator sample, pred_real, pred_fake, pred_real - pred_fake (rescaled), decoded."""
-        from sgm.callbacks.image_logger import save_image_grid, save_video_grid
+        from sgm.io.media import save_image_grid, save_video_grid
 
         rows = self.max_images * num_frames
         decoded = []
@@ -149,15 +150,6 @@ class LossDiagnostics(pl.Callback):
         else:
             path = save_image_grid(torch.cat(decoded), f"{stem}.png", n_rows=len(decoded))
         self.saved.append(path)
-
-
-def run_dir(trainer: pl.Trainer) -> str:
-    """main.py's run directory (trainer.logdir), else the first logger's, else default_root_dir."""
-    if getattr(trainer, "logdir", None):
-        return trainer.logdir
-    if trainer.logger is not None and getattr(trainer.logger, "save_dir", None):
-        return trainer.logger.save_dir
-    return trainer.default_root_dir
 
 
 __all__ = ["LossDiagnostics"]

@@ -8,7 +8,12 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from sgm.models.checkpoint import remove_partial_files
+from sgm.io.checkpoint import remove_partial_files
+
+
+def run_dir(trainer: pl.Trainer) -> str:
+    """The run directory: main.py gives it to the Trainer as `default_root_dir` (logs, images, eval)."""
+    return trainer.default_root_dir
 
 
 class SetupCallback(pl.Callback):

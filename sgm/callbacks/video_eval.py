@@ -23,9 +23,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from sgm.callbacks.diagnostics import run_dir
-from sgm.rng import preserved_rng
+from sgm.callbacks.setup import run_dir
 from sgm.evaluation import moving_digits as md
+from sgm.rng import preserved_rng
 
 
 class MovingDigitsEvaluation(pl.Callback):

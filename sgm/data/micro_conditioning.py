@@ -1,6 +1,6 @@
 """SVD's micro-conditioning for training data: fps_id, motion_bucket_id and cond_aug, per clip.
 
-What upstream fixes (UPSTREAM.md §10.2) and what it leaves to the user (§17.3):
+What upstream fixes and what it leaves to the user (§17.3):
 
 * `fps_id` is the frame rate minus one. `simple_video_sample.py` defaults to fps_id 6 and writes its
   mp4 at `fps_id + 1` frames per second, so a clip whose frames are `stride` container frames apart

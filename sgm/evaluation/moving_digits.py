@@ -1,4 +1,4 @@
-"""Sampling and scoring image-to-video engines on held-out moving digits (issue 5's video benchmark).
+"""Sampling and scoring image-to-video engines on held-out moving digits (the video benchmark).
 
 Every engine is conditioned on the same held-out clips (`sgm.metrics.moving_digits.heldout_clips`,
 fixed seed): their first frames, classes and speeds. Generated clips are scored by
@@ -133,7 +133,7 @@ def _fmt(value) -> str:
 
 def save_clips_gif(clips: torch.Tensor, path: str, scale: int = 4, max_clips: int = 16) -> str:
     """Clips (b, t, C, H, W) in [-1, 1] side by side in one GIF, upscaled `scale`x (nearest)."""
-    from sgm.callbacks.image_logger import save_video_grid
+    from sgm.io.media import save_video_grid
 
     clips = clips[:max_clips]
     b, t = clips.shape[:2]

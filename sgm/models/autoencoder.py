@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from sgm.models.checkpoint import load_weights, read_state_dict
+from sgm.io.checkpoint import load_weights, read_state_dict
 from sgm.modules.autoencoding.temporal_ae import VideoDecoder
 from sgm.util import ConfigError, instantiate_from_config
 

@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from sgm.models.checkpoint import load_weights, read_state_dict
+from sgm.io.checkpoint import load_weights, read_state_dict
 from sgm.modules import UNCONDITIONAL_CONFIG
 from sgm.modules.diffusionmodules.loss import frames_per_clip
 from sgm.modules.ema import LitEma

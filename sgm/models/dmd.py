@@ -30,8 +30,9 @@ Training is manual optimisation, one batch = one iteration = one global step:
     every step                                critic_loss    -> critic optimiser
 `global_step` counts iterations: the critic optimiser's steps go through Lightning's counter, the
 generator's through the strategy directly (precision plugin included) so they are not counted
-twice. Both optimisers and LR schedulers, the EMA, all roles, the step counter and the RNG state are
-in the checkpoint; `-r` continues the run.
+twice. Both optimisers and LR schedulers, the EMA, all roles, the step counter and the data order are
+in the checkpoint, and every step's random draws come from (seed, rank, step) (sgm.rng.seed_step, run
+by main.py's StepSeed callback), so `-r` continues the run exactly.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sgm.models.checkpoint import load_weights, read_state_dict, select_prefix
+from sgm.io.checkpoint import load_weights, read_state_dict, select_prefix
 from sgm.models.diffusion import DiffusionEngine
 from sgm.modules.diffusionmodules.loss import frames_per_clip, per_clip_sigmas
 from sgm.modules.distillation.losses import dmd_loss
@@ -50,7 +51,6 @@ from sgm.modules.distillation.rollout import STREAM_CRITIC, STREAM_GENERATOR, ba
 from sgm.modules.distillation.sampler import FewStepSampler
 from sgm.modules.distillation.terms import CriticStep, DMDInputs, DMDTerm, GeneratorStep, LossTerms
 from sgm.modules.ema import LitEma
-from sgm.rng import capture_rng, restore_rng
 from sgm.util import ConfigError, append_dims, broadcast_cond_to_rows, default, freeze, instantiate_from_config
 
 DEFAULT_OPTIMIZER = {"target": "torch.optim.AdamW", "params": {"betas": [0.0, 0.999], "weight_decay": 0.0}}
@@ -178,7 +178,6 @@ class DMDEngine(DiffusionEngine):
         self.grad_clips = {"generator": generator_grad_clip, "critic": self.critic_options.grad_clip}
         self.dmd_weight = dmd_weight
         self.seed = seed
-        self._pending_rng: dict | None = None
         if not _on_meta(self):  # --dry-run builds on the meta device: nothing to load
             self._init_weights(teacher_ckpt_path, ckpt_path)
 
@@ -363,7 +362,6 @@ class DMDEngine(DiffusionEngine):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng_states"] = capture_rng()
         if not self.init_options.save_teacher_weights:
             for key in [k for k in checkpoint["state_dict"] if k.startswith("real_score.")]:
                 del checkpoint["state_dict"][key]
@@ -371,16 +369,6 @@ class DMDEngine(DiffusionEngine):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         for key, value in self.real_score.state_dict().items():  # reloaded from the teacher file
             checkpoint["state_dict"].setdefault("real_score." + key, value)
-        self._pending_rng = checkpoint.get("rng_states")
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        """The first batch after a resume continues the saved RNG streams."""
-        if self._pending_rng is None:
-            return
-        restore_rng(self._pending_rng)
-        self._pending_rng = None
-        if self.trainer.world_size > 1:  # rank 0's state was saved: give every rank its own stream
-            torch.manual_seed(int(torch.randint(2**62, (1,))) + self.trainer.global_rank)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

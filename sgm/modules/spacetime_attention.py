@@ -2,7 +2,7 @@
 ("view" or camera attention), then across the frames of a view ("motion" attention).
 
 Rows are flattened clip-major, then frame, then view: `(b t v, ...)` for b clips of t frames seen
-from v views (UPSTREAM.md §12.2). Key names follow upstream's
+from v views. Key names follow upstream's
 `PostHocSpatialTransformerWithTimeMixingAndMotion` so released checkpoints load unchanged:
 `time_mix_blocks` (view attention), `motion_blocks`, `time_mix_time_embed`, `time_mix_motion_embed`,
 `time_mixer`, `time_mixer_motion`.
@@ -41,12 +41,12 @@ class ViewMotionTransformer(SpatialTransformer):
     `use_3d_attention` (sv4d2.yaml) reproduces upstream snapshot 0ad7de9, whose outputs the released
     sv4d2 weights were published with (golden fixture sv4d2_unet_tiny_3d): the view block receives
     tokens laid out (b*v*h*w, t, C) while told the sequence length is v, so each sequence holds v
-    neighbouring pixels of one view and frame, and the CLIP context rows are not those pixels' frames
-    (UPSTREAM.md §12.6). Upstream later merged an unpublished "SV4D 2.0 bug fix" (#459); with
+    neighbouring pixels of one view and frame, and the CLIP context rows are not those pixels' frames.
+    Upstream later merged an unpublished "SV4D 2.0 bug fix" (#459); with
     `use_3d_attention=False` (sv4d2_8views.yaml) the block attends over the v views as documented.
 
     The blenders use alpha = sigmoid(mix_factor) everywhere: the released weights were trained with
-    the image-only flags zeroed inside the network (UPSTREAM.md §12.6), so none are taken here.
+    the image-only flags zeroed inside the network, so none are taken here.
     """
 
     block_inputs = ("context", "emb", "cond_view", "num_views")

@@ -243,13 +243,13 @@ class VideoUNet(UNetBase):
 
 
 # ------------------------------------------------------------------------------------------------
-# SV4D / SV4D 2.0: the same layout with view and motion attention (UPSTREAM.md §12)
+# SV4D / SV4D 2.0: the same layout with view and motion attention
 
 
 class PostHocResBlockWithTime(VideoResBlock):
     """SV4D's VideoResBlock: the temporal ResBlock is stored as `time_mix_blocks` and convolves over
     all T*V rows of a clip in (frame, view) order; alpha = sigmoid(mix_factor) for every row, since
-    the released weights were trained with the image-only flags multiplied by 0 (UPSTREAM.md §12.6)."""
+    the released weights were trained with the image-only flags multiplied by 0."""
 
     block_inputs = ("emb", "num_video_frames")
     temporal_name = "time_mix_blocks"
@@ -360,7 +360,7 @@ class SpatialUNetModelWithTime(UNetBase):
         use_spatial_context: bool = True,  # view attention cross-attends to CLIP (required)
         time_mix_legacy: bool = False,  # upstream's legacy get_alpha path (not supported)
         legacy: bool = False,  # head-width rule; no effect with num_head_channels or num_heads set
-        replicate_time_mix_bug: bool = False,  # no effect: hard-disabled upstream (UPSTREAM.md §8.4)
+        replicate_time_mix_bug: bool = False,  # no effect: hard-disabled upstream
     ):
         required = {"use_spatial_transformer": use_spatial_transformer, "use_motion_attention": use_motion_attention,
                     "use_spatial_context": use_spatial_context}
@@ -414,7 +414,7 @@ class SpatialUNetModelWithTime(UNetBase):
         y: torch.Tensor | None = None,  # (b*t*v, adm_in_channels)
         cond_view: torch.Tensor | None = None,  # (b*v, 4, h, w) latents of the reference views
         num_video_frames: int | None = None,  # t*v
-        image_only_indicator: torch.Tensor | None = None,  # (b, t*v); value unused (UPSTREAM.md §12.6)
+        image_only_indicator: torch.Tensor | None = None,  # (b, t*v); value unused
         return_bottleneck: bool = False,  # also return the middle block output (DMD2 discriminator)
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """-> (b*t*v, C_out, H, W), or (out, h_mid) with return_bottleneck."""

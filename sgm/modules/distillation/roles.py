@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from sgm.models.checkpoint import LoadReport, load_weights, read_state_dict, select_prefix
+from sgm.io.checkpoint import LoadReport, load_weights, read_state_dict, select_prefix
 from sgm.modules.diffusionmodules.wrappers import DEFAULT_WRAPPER
 from sgm.util import ConfigError, default, freeze, get_obj_from_str, instantiate_from_config
 

@@ -19,7 +19,7 @@ Upstream chooses the key `cond_view` / `cond_motion` by the embedder's *input* k
 config says so explicitly with `output_key` (SV4D configs need `output_key: cond_view` etc.).
 
 Video batches hold the int `num_video_frames` = T. There, classifier-free dropout draws one keep/drop
-decision per clip and applies it to all its frames (upstream draws per frame, see UPSTREAM.md §16.1).
+decision per clip and applies it to all its frames (upstream draws per frame).
 
 Importing this module is cheap: open_clip and kornia are imported when a CLIP embedder is built/used.
 """
@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 OUTPUT_DIM2KEYS = {2: "vector", 3: "crossattn", 4: "concat"}  # embedding rank -> output key
 KEY2CATDIM = {"vector": 1, "crossattn": 2, "concat": 1, "cond_view": 1, "cond_motion": 1}
 DEFAULT_CATDIM = 1  # for explicit output keys not listed above
+# A batch entry `<input_key>__cached` is that embedder's output computed beforehand
+# (sgm.data.conditioning_cache); the conditioner uses it instead of running the embedder.
+CACHED_SUFFIX = "__cached"
 
 # CLIP image normalisation constants (open_clip's OPENAI_DATASET_MEAN / _STD).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -160,8 +163,9 @@ class GeneralConditioner(nn.Module):
         for index, embedder in enumerate(self.embedders):
             grad_context = nullcontext() if embedder.is_trainable else torch.no_grad()
             with grad_context:
-                inputs = self._embedder_inputs(index, embedder, batch)
-                embedded = embedder(*inputs)
+                embedded = self._cached_output(embedder, batch)
+                if embedded is None:
+                    embedded = embedder(*self._embedder_inputs(index, embedder, batch))
             if not isinstance(embedded, (list, tuple)):
                 embedded = [embedded]
             keys = [self._output_key(index, embedder, emb, i) for i, emb in enumerate(embedded)]
@@ -184,6 +188,13 @@ class GeneralConditioner(nn.Module):
             key: embs[0] if len(embs) == 1 else torch.cat(embs, dim=KEY2CATDIM.get(key, DEFAULT_CATDIM))
             for key, embs in result.items()
         }
+
+    @staticmethod
+    def _cached_output(embedder: AbstractEmbModel, batch: Mapping[str, Any]) -> torch.Tensor | None:
+        """The embedder's precomputed output `<input_key>__cached`, when the batch carries one."""
+        if embedder.input_key is None or embedder.legacy_ucg_val is not None:  # legacy UCG edits the inputs
+            return None
+        return batch.get(embedder.input_key + CACHED_SUFFIX)
 
     def _embedder_inputs(self, index: int, embedder: AbstractEmbModel, batch: Mapping[str, Any]) -> list[Any]:
         keys = [embedder.input_key] if embedder.input_key is not None else list(embedder.input_keys or [])
