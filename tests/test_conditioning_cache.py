@@ -1,0 +1,126 @@
+"""Conditioning cache on the tiny moving-digits teacher (tiny CLIP, identity VAE): cached embeddings are
+bit-identical to running the embedders on the same rows, whole batches match the live conditioner up to
+its own batch-size rounding, the embedders are skipped, and stale caches are refused by name."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sgm.config import load_configs
+from sgm.data.conditioning_cache import CACHED_SUFFIX, CachedImageFolderDataModule, StaleCacheError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEACHER = os.path.join(ROOT, "configs/example_training/toy/moving_digits_svd.yaml")
+WEIGHTS = os.path.join(ROOT, "assets/moving_digits_teacher/model.safetensors")
+UC_KEYS = ["cond_frames", "cond_frames_without_noise"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cache_conditioning", os.path.join(ROOT, "scripts/cache_conditioning.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_images(folder, count: int = 6, seed: int = 0):
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray((rng.random((20, 24, 3)) * 255).astype(np.uint8)).save(os.path.join(folder, f"{i}.png"))
+
+
+def overrides(folder) -> list[str]:
+    return [f"data.params.folder={folder}", "data.params.size=[16,16]", "data.params.cond_aug=[0.01,0.2]"]
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    write_images(root / "images")
+    manifest = load_script().main(["--config", TEACHER, "--out", str(root / "cache"), "--ckpt", WEIGHTS,
+                                   "--variants", "3", "--shard_size", "4", *overrides(root / "images")])
+    assert len(manifest["shards"]) == 2 and manifest["variants"] == 3
+    return root
+
+
+def data_module(root, **changes):
+    kwargs = dict(cache=str(root / "cache"), ckpt_path=WEIGHTS, folder=str(root / "images"), size=[16, 16],
+                  num_frames=8, batch_size=4, cond_aug=[0.01, 0.2], fps_id=[4, 8])
+    data = CachedImageFolderDataModule(**{**kwargs, **changes})
+    data.setup()
+    return data
+
+
+def test_cached_conditioning_is_bit_identical_to_the_live_embedders_which_are_skipped(cached):
+    conditioner = load_script().load_conditioner(load_configs([TEACHER], overrides(cached / "images")), WEIGHTS, "cpu")
+    conditioner.train()  # classifier-free dropout on (ucg_rate 0.1 on both cached embedders)
+    for batch in list(iter(data_module(cached).train_dataloader()))[:1] + [next(iter(data_module(cached, seed=1)
+                                                                                     .train_dataloader()))]:
+        live = {k: v for k, v in batch.items() if not k.endswith(CACHED_SUFFIX)}
+        assert {k for k in batch if k.endswith(CACHED_SUFFIX)} == {k + CACHED_SUFFIX for k in UC_KEYS}
+        calls = []
+        hooks = [conditioner.embedders[i].register_forward_hook(lambda *a: calls.append(1)) for i in (0, 3)]
+        torch.manual_seed(5)
+        from_cache = conditioner(batch)
+        assert calls == []  # CLIP and the VAE embedder did not run
+        for hook in hooks:
+            hook.remove()
+        # Bit-identical to the embedders on the same rows (the cache runs them one image at a time) ...
+        with torch.no_grad():
+            for i, key in ((0, "cond_frames_without_noise"), (3, "cond_frames")):
+                for row in range(4):
+                    assert torch.equal(conditioner.embedders[i](live[key][row:row + 1]),
+                                       batch[key + CACHED_SUFFIX][row:row + 1]), (key, row)
+        # ... and, whole batches through the conditioner (dropout, forced zeros), equal up to the live
+        # path's own batch-size jitter: CLIP on 4 rows vs 3 rows differs by 4.8e-7 here.
+        torch.manual_seed(5)
+        from_embedders = conditioner(live)
+        assert from_cache.keys() == from_embedders.keys() == {"crossattn", "vector", "concat"}
+        for key in from_cache:
+            torch.testing.assert_close(from_cache[key], from_embedders[key], rtol=0, atol=2e-6)
+        assert torch.equal(from_cache["vector"], from_embedders["vector"])
+        assert torch.equal(from_cache["concat"], from_embedders["concat"])  # identity VAE: batch-invariant
+        c, uc = conditioner.get_unconditional_conditioning(batch, force_uc_zero_embeddings=UC_KEYS)
+        c_live, uc_live = conditioner.get_unconditional_conditioning(live, force_uc_zero_embeddings=UC_KEYS)
+        for key in c:
+            torch.testing.assert_close(c[key], c_live[key], rtol=0, atol=2e-6)
+            assert torch.equal(uc[key], uc_live[key]), key
+        assert uc["crossattn"].abs().sum() == 0 and uc["concat"].abs().sum() == 0
+    per_clip = batch["cond_aug"].view(4, 8)[:, 0]
+    assert ((per_clip >= 0.01) & (per_clip <= 0.2)).all() and len(set(per_clip.tolist())) > 1
+    noise = batch["cond_frames"] - batch["cond_frames_without_noise"]
+    assert noise.abs().sum() > 0  # the encoded frames are the noise-augmented ones
+
+
+def test_stale_or_mismatched_caches_are_refused_by_name(cached, tmp_path):
+    with pytest.raises(StaleCacheError, match=r"built at size \[16, 16\], the config asks \[32, 32\]"):
+        data_module(cached, size=[32, 32])
+    with pytest.raises(StaleCacheError, match="drew cond_aug from Uniform"):
+        data_module(cached, cond_aug=0.02)
+
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(WEIGHTS)
+    key = next(k for k in sorted(weights) if k.startswith("conditioner.embedders.0."))
+    weights[key] = weights[key] + 1e-3
+    other = str(tmp_path / "other_model.safetensors")
+    save_file(weights, other)
+    with pytest.raises(StaleCacheError, match=r"other embedder weights \(model.safetensors, conditioner.embedders.0."
+                                              r", conditioner.embedders.3.\) than .*other_model.safetensors"):
+        data_module(cached, ckpt_path=other)
+
+    changed = tmp_path / "copy"
+    shutil.copytree(cached, changed)
+    write_images(changed / "images", count=7, seed=1)  # 6 rewritten, 1 added
+    with pytest.raises(StaleCacheError, match=r"images under .* changed since it was built \(7: 6.png, 0.png"):
+        data_module(changed)
+    with pytest.raises(FileNotFoundError, match="no conditioning cache at .*nowhere"):
+        data_module(cached, cache=str(tmp_path / "nowhere"))
