@@ -100,7 +100,7 @@ class LossDiagnostics(pl.Callback):
 
     # ------------------------------------------------------------------ update ratios
     def group_parameters(self, pl_module: pl.LightningModule) -> dict[str, list[tuple[str, torch.Tensor]]]:
-        named = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
+        named = list(pl_module.named_parameters())  # frozen ones too: a frozen group shows a ratio of 0
         return {group: [(n, p) for n, p in named if n.startswith(prefix)] for group, prefix in self.groups.items()}
 
     @torch.no_grad()

@@ -40,6 +40,11 @@ STD_COLLAPSED = 0.05  # std/mean below this: q(z|x) has shrunk to a point
 KL_DEAD = 0.01  # kl/per_dim (nats per latent element) below this: q(z|x) = N(0, I) for every x
 KL_DRIFT = 0.1  # relative move of mu/rms and |logvar/mean| in the late half of a run that counts as drift
 KL_EFFECT = 0.1  # KL ablation: relative difference of mu/abs_mean and |log std/mean| that counts as an effect
+# DINO-style semantic term (sgm/modules/distillation/semantic.py), thresholds of the loss-debugging notes, part A
+DINO_WEAK_SHARE = 0.10  # grad/dino below 5-10% of the generator's gradient: weak supervision
+DINO_SHARP = 0.02  # ent/teacher below this share of log K (≈ 0): targets too sharp, the student saturates
+DINO_STUDENT_LOW = 0.05  # ent/student below this share of log K, with a weak gradient: raise T_s or the weight
+DINO_HEAD_STALL = 1e-5  # step/dino_head_update_ratio below this: the projection head hardly moves
 
 
 @dataclass
@@ -90,7 +95,8 @@ def grad_terms(series: Series) -> list[str]:
 
 def verdicts(series: Series) -> list[Verdict]:
     out = gradient_verdicts(series) + cond_verdicts(series) + critic_verdicts(series)
-    out += update_verdicts(series) + dmd_verdicts(series) + flow_verdicts(series) + vae_verdicts(series)
+    out += update_verdicts(series) + dmd_verdicts(series) + dino_verdicts(series) + flow_verdicts(series)
+    out += vae_verdicts(series)
     return out
 
 
@@ -183,6 +189,35 @@ def dmd_verdicts(series: Series) -> list[Verdict]:
                                                       f"[{lo}, {hi}]: output spread {what}"))
     if "dmd/normalizer_min" in series and min(recent(series["dmd/normalizer_min"])) <= 1e-6:
         out.append(Verdict("WARN", "dmd/normalizer", "normaliser ≈ 0: DMD gradient divided by ~0"))
+    return out
+
+
+def dino_verdicts(series: Series) -> list[Verdict]:
+    """DINO term: entropy of the targets and of the student, its share of the gradient, its head's steps."""
+    if "ent/teacher" not in series:
+        return []
+    out = []
+    log_k = mean(recent(series["semantic/entropy_max"])) if "semantic/entropy_max" in series else 1.0
+    ent_t, ent_s = mean(recent(series["ent/teacher"])), mean(recent(series.get("ent/student", [(0, log_k)])))
+    share = mean(recent(series["grad/dino_ratio"])) if "grad/dino_ratio" in series else None
+    if ent_t < DINO_SHARP * log_k:
+        out.append(Verdict("FAULT", "dino", f"ent/teacher = {ent_t:.3g} ≈ 0 (log K = {log_k:.2f}): the targets are "
+                                            "one-hot, too sharp; raise T_t (teacher temperature) or check the centring"))
+    if share is not None and ent_s < DINO_STUDENT_LOW * log_k and share < DINO_WEAK_SHARE:
+        out.append(Verdict("WARN", "dino", f"ent/student = {ent_s:.3g} tiny with grad/dino at {share:.1%} of the "
+                                           "generator's gradient: the student saturated; raise T_s or the weight"))
+    if share is not None and share < DINO_WEAK_SHARE:
+        out.append(Verdict("WARN", "dino", f"grad/dino is {share:.2%} of the generator's gradient (< "
+                                           f"{DINO_WEAK_SHARE:.0%}): weak semantic supervision; raise its weight "
+                                           "(x2, x4) or balance by gradient"))
+    if "step/dino_head_update_ratio" in series:
+        ratio = max(recent(series["step/dino_head_update_ratio"]))
+        if ratio < DINO_HEAD_STALL:
+            out.append(Verdict("FAULT", "dino_head", f"step/dino_head_update_ratio = {ratio:.2g} < {DINO_HEAD_STALL:g}: "
+                                                     "the projection head is not updated (frozen, no gradient, or LR)"))
+    if not out:
+        out.append(Verdict("OK", "dino", f"ent/teacher {ent_t:.2f}, ent/student {ent_s:.2f} of log K {log_k:.2f}"
+                                         + (f", {share:.0%} of the generator's gradient" if share is not None else "")))
     return out
 
 

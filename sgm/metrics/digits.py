@@ -82,6 +82,28 @@ def load_digit_classifier(path: str | Path | None = None) -> DigitClassifier:
     return _load_cached(str(Path(path or DEFAULT_WEIGHTS).resolve()))
 
 
+class DigitFeatures(nn.Module):
+    """The committed classifier's 128-d penultimate features as a frozen encoder, (N, 1, 8, 8) -> (N, 128).
+
+    Its own copy (not the cached metrics instance), so an engine that holds it may move it to its device.
+    Gradients flow to the input, never into the weights.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,  # weights file; None: the committed classifier
+    ) -> None:
+        super().__init__()
+        from safetensors.torch import load_file
+
+        self.classifier = DigitClassifier()
+        self.classifier.load_state_dict(load_file(str(Path(path or DEFAULT_WEIGHTS))))
+        freeze(self.classifier)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(images.float())  # (N, 128)
+
+
 def as_digit_batch(images) -> torch.Tensor:
     """(N, 1, 8, 8) or (N, 8, 8) tensor/array -> float32 (N, 1, 8, 8) clamped to [-1, 1]."""
     images = torch.as_tensor(images)

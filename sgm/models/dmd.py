@@ -16,8 +16,9 @@ optimisation is `critic: {learning_rate, optimizer_config, scheduler_config, gra
 
 Loss terms (sgm/modules/distillation/terms.py): the DMD loss (weight `dmd_weight`) and the critic's
 denoising loss are the engine's own; optional terms (GAN, regression, semantic, ...) are objects under
-`terms: {name: {target, params}}`, each with its own weights. `generator_loss_terms(batch)` and
-`critic_loss_terms(batch)` return every loss unweighted, with graph, so the diagnostics read each term's
+`terms: {name: {target, params}}`, each with its own weights; `balance` (off by default) rescales the
+generator's terms toward target gradient ratios (sgm/modules/distillation/balance.py).
+`generator_loss_terms(batch)` and `critic_loss_terms(batch)` return every loss unweighted, with graph, so the diagnostics read each term's
 gradient from one forward pass.
 
 `teacher_ckpt_path` (one file, e.g. a released SVD checkpoint or a digits teacher's last.ckpt)
@@ -45,6 +46,7 @@ from torch import nn
 from sgm.io.checkpoint import load_weights, read_state_dict, select_prefix
 from sgm.models.diffusion import DiffusionEngine
 from sgm.modules.diffusionmodules.loss import frames_per_clip, per_clip_sigmas
+from sgm.modules.distillation.balance import GradientBalancer
 from sgm.modules.distillation.losses import dmd_loss
 from sgm.modules.distillation.roles import ema_network_weights
 from sgm.modules.distillation.rollout import STREAM_CRITIC, STREAM_GENERATOR, backward_simulation, draw_exit_step
@@ -145,6 +147,7 @@ class DMDEngine(DiffusionEngine):
         critic: dict | CriticOptions | None = None,  # CriticOptions
         init: dict | InitOptions | None = None,  # InitOptions
         inputs: dict | InputOptions | None = None,  # InputOptions
+        balance: dict | None = None,  # balance.GradientBalancer params ({targets: {term: ratio}, ...}); None: off
         seed: int = 0,  # seeds the exit-step draws (with the global step)
         **engine_kwargs: Any,  # DiffusionEngine's: loss_fn_config (the critic's), optimizer_config, ...
     ):
@@ -172,6 +175,7 @@ class DMDEngine(DiffusionEngine):
         self.critic_options = options(CriticOptions, critic, "critic")
         self.init_options = options(InitOptions, init, "init")
         self.input_options = options(InputOptions, inputs, "inputs")
+        self.balancer = _balancer(balance)
         if generator_update_interval < 1:
             raise ConfigError(f"generator_update_interval must be >= 1, got {generator_update_interval}")
         self.generator_update_interval = generator_update_interval
@@ -269,6 +273,8 @@ class DMDEngine(DiffusionEngine):
         terms = LossTerms({"dmd": loss_dmd.mean()}, {"dmd": self.dmd_weight}, log, step)
         for term in self.terms.values():
             _add(terms, *term.generator_losses(self, step), term.generator_weights)
+        if self.balancer is not None:  # gradient-share multipliers on the configured weights
+            terms.weights = self.balancer.apply(terms.weights)
         terms.log["loss/generator"] = terms.total().detach()
         return terms
 
@@ -288,6 +294,8 @@ class DMDEngine(DiffusionEngine):
 
     def generator_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         terms = self.generator_loss_terms(batch)
+        if self.balancer is not None and (self.global_step // self.generator_update_interval) % self.balancer.every == 0:
+            terms.log |= self.balancer.update(terms.losses, terms.weights, self.generator_parameters())
         return terms.total(), terms.log
 
     def critic_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -398,6 +406,15 @@ def _constant(step: int) -> float:
 
 def _no_closure() -> None:
     return None
+
+
+def _balancer(balance: dict | None) -> GradientBalancer | None:
+    if not balance:
+        return None
+    try:
+        return GradientBalancer(**dict(balance))
+    except TypeError as error:
+        raise ConfigError(f"model.params.balance: {error}") from error
 
 
 def _term(name: str, config: dict) -> DMDTerm:
