@@ -266,3 +266,13 @@ def test_one_table_chooses_the_probe_and_options_are_typed():
         FlowProbe(teacher_steps=3)
     with pytest.raises(ConfigError, match="teacher_step"):  # misspelt in a config
         instantiate_from_config({"target": "sgm.callbacks.diagnostics.LossDiagnostics", "params": {"teacher_step": 3}})
+
+
+def test_the_dmd_probe_runs_each_loss_once_for_all_its_terms():
+    engine = dmd_engine("model.params.terms.gan.params.head_config.params.in_channels=32", config=GAN_CONFIG)
+    calls = []
+    rollout = engine.rollout
+    engine.rollout = lambda inputs, stream: calls.append(stream) or rollout(inputs, stream)
+    metrics = DMDProbe(teacher_samples=8, teacher_steps=2)(engine, digits_batch()).metrics
+    assert calls == [0, 1]  # one generator forward, one critic forward: no term is re-run to isolate it
+    assert all(metrics[f"grad/{t}"] > 0 for t in ("dmd", "gan", "critic_denoise", "gan_critic"))

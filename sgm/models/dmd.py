@@ -18,8 +18,8 @@ Loss terms (sgm/modules/distillation/terms.py): the DMD loss (weight `dmd_weight
 denoising loss are the engine's own; optional terms (GAN, regression, semantic, ...) are objects under
 `terms: {name: {target, params}}`, each with its own weights; `balance` (off by default) rescales the
 generator's terms toward target gradient ratios (sgm/modules/distillation/balance.py).
-`generator_loss_terms(batch)` and `critic_loss_terms(batch)` return every loss unweighted, with graph, so the diagnostics read each term's
-gradient from one forward pass.
+`generator_loss_terms(batch)` and `critic_loss_terms(batch)` return every loss unweighted, with graph,
+so the diagnostics read each term's gradient from one forward pass.
 
 `teacher_ckpt_path` (one file, e.g. a released SVD checkpoint or a digits teacher's last.ckpt)
 initialises every role that has no file of its own: the teacher, the critic (unless
