@@ -103,6 +103,20 @@ def resolve_resume(resume: str) -> tuple[str, str, list[str]]:
     return logdir, ckpt, saved
 
 
+RUN_TIMESTAMP_ENV = "SGM_RUN_TIMESTAMP"
+
+
+def run_timestamp() -> str:
+    """The run's timestamp, decided once by the launching process: Lightning's DDP launcher re-runs
+    main.py for ranks 1.. with LOCAL_RANK set and our environment, so every rank names the same run dir."""
+    inherited = os.environ.get(RUN_TIMESTAMP_ENV)
+    if inherited and os.environ.get("LOCAL_RANK", "0") != "0":
+        return inherited
+    now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+    os.environ[RUN_TIMESTAMP_ENV] = now
+    return now
+
+
 def run_name(opt: argparse.Namespace, now: str) -> str:
     if opt.name:
         name = f"_{opt.name}"
@@ -201,7 +215,7 @@ def batch_size_of(data_config) -> int:
 def main(argv: list[str] | None = None) -> int:
     from omegaconf import OmegaConf
 
-    now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+    now = run_timestamp()
     sys.path.append(os.getcwd())
     argv = sys.argv[1:] if argv is None else list(argv)
     # Dot-list overrides are taken out first: otherwise `--base` (nargs *) or a bare boolean flag
@@ -324,6 +338,7 @@ def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config) 
                 "debug": opt.debug}},
             "learning_rate_logger": {"target": "pytorch_lightning.callbacks.LearningRateMonitor",
                                      "params": {"logging_interval": "step"}},
+            "step_seed": {"target": "sgm.callbacks.randomness.StepSeed", "params": {"seed": opt.seed}},
         },
         lightning_config.get("callbacks", OmegaConf.create()),
     )

@@ -1,7 +1,12 @@
-"""The global RNG streams (torch, CUDA, NumPy, Python) as one value: captured, restored, preserved.
+"""The global RNG streams (torch, CUDA, NumPy, Python): seeded by one rule, captured, restored, preserved.
 
-Checkpoints store `capture_rng()` so a resumed run draws what the original run drew; callbacks that
-measure inside a training step run under `preserved_rng()` so training draws as if they were absent.
+The rule for training: at every step each rank seeds all streams from (seed, rank, step)
+(`seed_step`; main.py runs it through sgm.callbacks.randomness.StepSeed). Ranks draw different noise
+and sigmas, a resumed run draws at step n what the uninterrupted run drew, and nothing depends on how
+many numbers earlier steps, image logging or evaluation consumed. Draws that must agree across ranks
+(the backward-simulation exit step) use their own generator seeded without the rank.
+Callbacks that measure inside a training step run under `preserved_rng()` so training draws as if they
+were absent.
 """
 from __future__ import annotations
 
@@ -11,6 +16,22 @@ from typing import Iterator
 
 import numpy as np
 import torch
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """A well-mixed 63-bit seed from (seed, rank, step) (NumPy's SeedSequence hashing)."""
+    if min(seed, rank, step) < 0:
+        raise ValueError(f"seed, rank and step must be >= 0, got {seed}, {rank}, {step}")
+    low, high = np.random.SeedSequence([seed, rank, step]).generate_state(2, np.uint32)
+    return (int(high) << 32 | int(low)) & (2**63 - 1)
+
+
+def seed_step(seed: int, rank: int, step: int) -> None:
+    """Seed torch (CPU and every CUDA device), NumPy and Python's `random` by the rule above."""
+    value = step_seed(seed, rank, step)
+    torch.manual_seed(value)
+    np.random.seed(value % 2**32)
+    random.seed(value)
 
 
 def capture_rng() -> dict:
@@ -46,4 +67,4 @@ def preserved_rng() -> Iterator[None]:
         restore_rng(state)
 
 
-__all__ = ["capture_rng", "preserved_rng", "restore_rng"]
+__all__ = ["capture_rng", "preserved_rng", "restore_rng", "seed_step", "step_seed"]

@@ -235,7 +235,7 @@ def test_main_trains_logs_checkpoints_and_resumes(teacher_ckpt, tmp_path):
     for prefix in ("model.diffusion_model.", "model_ema.", "real_score.model.", "fake_score.model.", "conditioner."):
         assert any(k.startswith(prefix) for k in ckpt["state_dict"]), prefix
     assert len(ckpt["optimizer_states"]) == 2 and len(ckpt["lr_schedulers"]) == 2
-    assert ckpt["loops"]["fit_loop"]["combined_loader"] == [{"epoch": 0, "batches": 6}]  # the data order resumes
+    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "batches": 6}]  # the data order resumes
 
     out = run_main("-r", logdir, "--max_steps", "8", *common)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -81,3 +81,57 @@ def test_a_signal_saves_a_crash_checkpoint_flushes_metrics_and_exits_non_zero(lo
     # cannot be: global_step counts it once the optimiser has stepped)
     assert max(csv_steps(logdir)) >= state["global_step"] - 2
     assert not glob.glob(os.path.join(logdir, "checkpoints", ".*"))  # no unfinished writes left
+
+
+# ------------------------------------------------------------------------------ exact resume (DMD)
+DMD_TINY = [
+    "model.params.network_config.params.model_channels=32",
+    "model.params.network_config.params.num_res_blocks=1",
+    "model.params.network_config.params.channel_mult=[1]",
+    "data.params.batch_size=8",
+    "model.params.generator_update_interval=2",
+    "lightning.callbacks.image_logger=null",
+    "lightning.trainer.log_every_n_steps=1",
+    "lightning.trainer.enable_progress_bar=False",
+]
+
+
+@pytest.fixture(scope="module")
+def digits_teacher(tmp_path_factory):
+    from sgm.config import load_configs
+    from sgm.util import instantiate_from_config
+
+    torch.manual_seed(0)
+    teacher = instantiate_from_config(load_configs([os.path.join(ROOT, DIGITS)], DMD_TINY[:3]).model)
+    with torch.no_grad():
+        teacher.model.diffusion_model.out[-1].weight.normal_(0.0, 0.05)  # a nonzero output layer
+        teacher.model_ema(teacher.model)
+    path = str(tmp_path_factory.mktemp("teacher") / "last.ckpt")
+    torch.save({"state_dict": teacher.state_dict(), "global_step": 0}, path)
+    return path
+
+
+def _state(logdir: str) -> dict:
+    return torch.load(os.path.join(logdir, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
+
+
+@pytest.mark.slow
+def test_a_resumed_dmd_run_matches_an_uninterrupted_one_bit_for_bit(tmp_path, digits_teacher):
+    """Stopped at step 4 (a generator step) and resumed to 8 through main.py, as one run of 8 steps."""
+    base = ["--base", "configs/dmd/digits_dmd.yaml", "-l", str(tmp_path), f"model.params.teacher_ckpt_path={digits_teacher}",
+            *DMD_TINY]
+    assert run_main(*base, "-n", "straight", "--max_steps", "8").returncode == 0
+    out = run_main(*base, "-n", "split", "--max_steps", "4")
+    assert out.returncode == 0, out.stderr[-3000:]
+    (split,) = glob.glob(str(tmp_path / "*_split"))
+    out = run_main("-r", split, "--max_steps", "8")
+    assert out.returncode == 0, out.stderr[-3000:]
+    (straight,) = glob.glob(str(tmp_path / "*_straight"))
+    a, b = _state(straight), _state(split)
+    assert a["global_step"] == b["global_step"] == 8
+    different = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
+    assert different == []  # generator, EMA, critic (and the frozen parts)
+    for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"]):
+        for p in opt_a["state"]:
+            assert all(torch.equal(opt_a["state"][p][k], opt_b["state"][p][k]) for k in opt_a["state"][p])
+    assert a["lr_schedulers"] == b["lr_schedulers"]

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from sgm.data.resumable import ResumableDataLoader
+
 SPLITS = ("train", "heldout")
 
 
@@ -81,7 +83,7 @@ class DigitsDataModule(pl.LightningDataModule):
         self.train_dataset = DigitsDataset("train", **self.dataset_kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        return ResumableDataLoader(  # the same batches after -r as in an uninterrupted run
             self.train_dataset,
             batch_size=self.batch_size,
             shuffle=True,
