@@ -13,6 +13,9 @@ Layout (upstream's, see UPSTREAM.md §10.2), for b clips of t frames:
 
 Clip-level conditioning stays at b rows (the encoders run once per clip); the engine repeats it to
 the frames (`sgm.util.broadcast_cond_to_rows`).
+
+SV4D windows (`make_window_batch`, UPSTREAM.md §12.4) are b windows of t input-video frames x v novel
+views, rows ordered (b, t, v): each input frame is an SVD-style "clip" of v views.
 """
 from __future__ import annotations
 
@@ -68,3 +71,69 @@ def make_video_batch(
             raise ValueError(f"frames must be (b={clips}, t={num_frames}, C, H, W), got {tuple(frames.shape)}")
         batch[input_key] = frames.reshape(clips * num_frames, *frames.shape[2:])
     return batch
+
+
+# Conditioner inputs whose embeddings the unconditional branch of SV4D's CFG zeroes (§12.4).
+SV4D_UC_ZERO_KEYS = ("cond_frames", "cond_frames_without_noise", "cond_view", "cond_motion")
+
+
+def make_window_batch(
+    frames: torch.Tensor,  # (b, t, C, H, W) input-video frames in [-1, 1]
+    polar_rad: torch.Tensor,  # (v,) camera elevation of each novel view
+    azimuth_rad: torch.Tensor,  # (v,) camera azimuth of each novel view
+    ref_views: torch.Tensor | None = None,  # (b, v, C, H, W) the views at the window's anchor frame
+    cond_aug: float = 0.0,  # noise added to cond_frames (0 in SV4D's scripts)
+    targets: torch.Tensor | None = None,  # (b, t, v, C, H, W) training targets
+    input_key: str = "frames",  # batch key of the flattened targets
+    generator: torch.Generator | None = None,  # for the cond_aug noise
+) -> dict:
+    """One SV4D window, rows (b, t, v):
+
+        cond_frames_without_noise  (b t, C, H, W)    the input frames (CLIP token per frame)
+        cond_frames                (b t v, C, H, W)  each input frame repeated per view (+ cond_aug noise)
+        cond_motion                (b t, C, H, W)    the input frames
+        cond_view                  (b v, C, H, W)    the reference views, zeros without them
+        polar_rad, azimuth_rad     (b t v,)          per view, repeated for each frame
+        num_video_frames           int t v
+        image_only_indicator       (b, t v)          1 with reference views, else 0 (the network ignores
+                                                     the value; SV4D's scripts set it so)
+    """
+    if frames.ndim != 5:
+        raise ValueError(f"frames must be (b, t, C, H, W), got shape {tuple(frames.shape)}")
+    clips, num_frames = frames.shape[:2]
+    polar_rad, azimuth_rad = torch.as_tensor(polar_rad), torch.as_tensor(azimuth_rad)
+    if polar_rad.ndim != 1 or polar_rad.shape != azimuth_rad.shape:
+        raise ValueError(f"polar_rad and azimuth_rad must both be (v,), one per novel view; got "
+                         f"{tuple(polar_rad.shape)} and {tuple(azimuth_rad.shape)}")
+    num_views = polar_rad.shape[0]
+    inputs = frames.reshape(clips * num_frames, *frames.shape[2:])  # (b t, C, H, W)
+    per_frame_targets = None if targets is None else targets.reshape(clips * num_frames, *targets.shape[2:])
+    # Each input frame is a clip of v "frames" (the views): the SVD batch gives CLIP input, noisy VAE
+    # input and per-row cameras in the (b t, v) layout.
+    batch = make_video_batch(
+        inputs,
+        num_views,
+        fps_id=None,
+        motion_bucket_id=None,
+        cond_aug=cond_aug,
+        polars_rad=polar_rad,
+        azimuths_rad=azimuth_rad,
+        frames=per_frame_targets,
+        input_key=input_key,
+        generator=generator,
+    )
+    if ref_views is not None and ref_views.shape[:2] != (clips, num_views):
+        raise ValueError(f"ref_views must be (b={clips}, v={num_views}, C, H, W), got {tuple(ref_views.shape)}")
+    view_shape = (clips * num_views, *frames.shape[2:])
+    has_refs = ref_views is not None
+    return {
+        "cond_frames_without_noise": batch["cond_frames_without_noise"],  # (b t, C, H, W)
+        "cond_frames": batch["cond_frames"].repeat_interleave(num_views, dim=0),  # (b t v, C, H, W)
+        "cond_motion": inputs,
+        "cond_view": ref_views.reshape(view_shape) if has_refs else frames.new_zeros(view_shape),
+        "polar_rad": batch["polars_rad"],
+        "azimuth_rad": batch["azimuths_rad"],
+        "num_video_frames": num_frames * num_views,
+        "image_only_indicator": torch.full((clips, num_frames * num_views), float(has_refs)),
+        **({input_key: batch[input_key]} if targets is not None else {}),
+    }
