@@ -83,3 +83,22 @@ def test_overlays_change_only_what_they_say():
     embedders = [c["params"]["conditioner_config"]["params"]["emb_models"] for c in (v1, v2, v2_8)]
     n_cond_frames = [[e["params"].get("n_cond_frames") for e in models] for models in embedders]
     assert n_cond_frames == [[5, 40, None, None, 8, 5], [12, 48, None, None, 4, 12], [5, 40, None, None, 8, 5]]
+
+
+def test_dmd_sv4d2_builds_every_role_on_meta():
+    # as `python main.py --base configs/dmd/dmd_sv4d2.yaml --dry-run`: full size, nothing loaded
+    from sgm.config import load_configs
+
+    config = load_configs([str(ROOT / "configs" / "dmd" / "dmd_sv4d2.yaml")])
+    with torch.device("meta"):
+        engine = instantiate_from_config(config.model)
+    network_params = json.loads((DATA / "manifests" / "sv4d2.json").read_text())["params_by_top_prefix"]["model"]
+    for role, trainable in ((engine.model, True), (engine.real_score.model, False), (engine.fake_score.model, True)):
+        assert type(role).__name__ == "OpenAIWrapperWithViews"  # every role gets cond_view
+        assert sum(p.numel() for p in role.parameters()) == network_params
+        assert all(p.requires_grad == trainable for p in role.parameters())
+    guider = engine.real_score.guider  # the teacher's CFG is SV4D 2.0's own; the critic is unguided
+    assert type(guider) is LinearPredictionGuider and guider.frame_scales().shape == (48,)
+    assert sorted(guider.additional_cond_keys) == ["cond_motion", "cond_view"]
+    assert engine.fake_score.guider is None
+    assert len(engine.sampler.generator_sigmas()) == 4
