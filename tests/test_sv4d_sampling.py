@@ -39,6 +39,11 @@ def test_window_batch_layout():
     with_refs = make_window_batch(frames, polar, azimuth, ref_views=refs)
     torch.testing.assert_close(with_refs["cond_view"], refs.reshape(b * V, 3, 2, 2))
     assert with_refs["image_only_indicator"].eq(1).all()
+    # DMD: the first frame's views are the given reference views, all other rows are generated
+    assert batch["dmd_mask"].eq(1).all()
+    assert with_refs["dmd_mask"].view(b, T, V)[:, 0].eq(0).all() and with_refs["dmd_mask"].view(b, T, V)[:, 1:].eq(1).all()
+    anchors = make_window_batch(frames, polar, azimuth, ref_views=refs, refs_in_window=False)  # SV4D's anchor window
+    assert anchors["dmd_mask"].eq(1).all()
     with pytest.raises(ValueError, match="ref_views"):
         make_window_batch(frames, polar, azimuth, ref_views=refs[:, :2])
     with pytest.raises(ValueError, match="polar_rad"):

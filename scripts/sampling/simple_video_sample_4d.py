@@ -122,7 +122,8 @@ class Window:
     """Conditioning of one window and its denoiser: frames (T, 3, H, W), optional views (V, 3, H, W)."""
 
     def __init__(self, engine, frames: torch.Tensor, ref_views: torch.Tensor | None, polar, azimuth):
-        batch = make_window_batch(frames[None], polar, azimuth, None if ref_views is None else ref_views[None])
+        refs = None if ref_views is None else ref_views[None]
+        batch = make_window_batch(frames[None], polar, azimuth, refs)
         batch = {k: v.to(engine.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         self.engine, self.rows = engine, batch["num_video_frames"]
         self.c, self.uc = engine.conditioner.get_unconditional_conditioning(

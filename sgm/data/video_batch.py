@@ -82,6 +82,7 @@ def make_window_batch(
     polar_rad: torch.Tensor,  # (v,) camera elevation of each novel view
     azimuth_rad: torch.Tensor,  # (v,) camera azimuth of each novel view
     ref_views: torch.Tensor | None = None,  # (b, v, C, H, W) the views at the window's anchor frame
+    refs_in_window: bool = True,  # the anchor is the window's first frame (SV4D 2.0, SV4D's dense windows)
     cond_aug: float = 0.0,  # noise added to cond_frames (0 in SV4D's scripts)
     targets: torch.Tensor | None = None,  # (b, t, v, C, H, W) training targets
     input_key: str = "frames",  # batch key of the flattened targets
@@ -97,6 +98,8 @@ def make_window_batch(
         num_video_frames           int t v
         image_only_indicator       (b, t v)          1 with reference views, else 0 (the network ignores
                                                      the value; SV4D's scripts set it so)
+        dmd_mask                   (b t v,)          0 on rows that are given rather than generated: the
+                                                     first frame's views when they are the reference views
     """
     if frames.ndim != 5:
         raise ValueError(f"frames must be (b, t, C, H, W), got shape {tuple(frames.shape)}")
@@ -126,6 +129,9 @@ def make_window_batch(
         raise ValueError(f"ref_views must be (b={clips}, v={num_views}, C, H, W), got {tuple(ref_views.shape)}")
     view_shape = (clips * num_views, *frames.shape[2:])
     has_refs = ref_views is not None
+    given = torch.zeros(clips, num_frames, num_views)
+    if has_refs and refs_in_window:
+        given[:, 0] = 1.0  # the first frame's views are known: the reference views themselves
     return {
         "cond_frames_without_noise": batch["cond_frames_without_noise"],  # (b t, C, H, W)
         "cond_frames": batch["cond_frames"].repeat_interleave(num_views, dim=0),  # (b t v, C, H, W)
@@ -135,5 +141,6 @@ def make_window_batch(
         "azimuth_rad": batch["azimuths_rad"],
         "num_video_frames": num_frames * num_views,
         "image_only_indicator": torch.full((clips, num_frames * num_views), float(has_refs)),
+        "dmd_mask": 1.0 - given.flatten(),
         **({input_key: batch[input_key]} if targets is not None else {}),
     }
