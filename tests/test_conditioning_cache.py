@@ -124,3 +124,29 @@ def test_stale_or_mismatched_caches_are_refused_by_name(cached, tmp_path):
         data_module(changed)
     with pytest.raises(FileNotFoundError, match="no conditioning cache at .*nowhere"):
         data_module(cached, cache=str(tmp_path / "nowhere"))
+
+
+@pytest.mark.slow
+def test_main_distils_from_cached_conditioning(cached, tmp_path):
+    """Data-free video DMD (the moving-digits teacher, latents from inputs.latent_shape) reading the cache."""
+    import glob
+    import subprocess
+    import sys
+
+    from omegaconf import OmegaConf
+
+    config = load_configs([os.path.join(ROOT, "configs/dmd/moving_digits_dmd.yaml")],
+                          ["model.params.inputs.latent_shape=[3,16,16]", "lightning.callbacks.video_eval=null"])
+    config.data = OmegaConf.create({"target": "sgm.data.conditioning_cache.CachedImageFolderDataModule", "params": {
+        "cache": str(cached / "cache"), "ckpt_path": WEIGHTS, "folder": str(cached / "images"), "size": [16, 16],
+        "num_frames": 8, "batch_size": 2, "cond_aug": [0.01, 0.2]}})
+    OmegaConf.save(config, tmp_path / "dmd_cached.yaml")
+    out = subprocess.run([sys.executable, "main.py", "--base", str(tmp_path / "dmd_cached.yaml"), "-l", str(tmp_path),
+                          "-n", "cached", "--max_steps", "2", "model.params.generator_update_interval=2",
+                          "lightning.trainer.enable_progress_bar=False", "lightning.trainer.log_every_n_steps=1",
+                          "lightning.callbacks.image_logger.params.batch_frequency=1000"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    (logdir,) = glob.glob(str(tmp_path / "*_cached"))
+    assert torch.load(os.path.join(logdir, "checkpoints", "last.ckpt"), map_location="cpu",
+                      weights_only=False)["global_step"] == 2
