@@ -9,7 +9,7 @@ weights, another size or cond_aug law, or a changed folder):
 
     python main.py --base configs/dmd/dmd_svd.yaml ... \
         data.target=sgm.data.conditioning_cache.CachedImageFolderDataModule \
-        +data.params.cache=cache/first_frames +data.params.ckpt_path=checkpoints/svd.safetensors
+        data.params.cache=cache/first_frames 'data.params.ckpt_path=${model.params.teacher_ckpt_path}'
 
 Only the conditioner is built (weights `conditioner.*` of the checkpoint: `--ckpt`, else the config's
 model.params.ckpt_path or teacher_ckpt_path). Folder, size and cond_aug come from the config's data
