@@ -9,10 +9,13 @@ Files are `<split>_<index>.mp4` (or .gif), RGB, `--size` pixels square, played a
 second (default 7: SVD's fps_id 6, the value the moving-digits teacher trained with; fixed
 trajectories, a function of (--seed, index)). `--upscale k`
 writes k-times larger frames (nearest neighbour), closer to what users' own videos look like.
+`motion_buckets.json` records each clip's motion_bucket_id under the renderer's code (`--motion_code`,
+sgm/data/moving_digits.py), for `motion_bucket_id: file` in VideoFolderDataModule.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -50,18 +53,24 @@ def main(argv: list[str] | None = None) -> list[str]:
     p.add_argument("--upscale", type=int, default=1)
     p.add_argument("--format", default="mp4", choices=["mp4", "gif"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--motion_code", default=None, help="velocity or speed (default: the renderer's)")
     args = p.parse_args(argv)
 
+    code = {} if args.motion_code is None else {"motion_code": args.motion_code}
     dataset = MovingDigits(args.split, num_frames=args.num_frames, size=args.size, max_speed=args.max_speed,
-                           channels=3, seed=args.seed)
+                           channels=3, seed=args.seed, **code)
     if not 0 < args.clips <= len(dataset):
         raise SystemExit(f"error: --clips must be in 1..{len(dataset)} (digits in the '{args.split}' split)")
     os.makedirs(args.out, exist_ok=True)
-    paths = []
+    paths, buckets = [], {}
     for index in range(args.clips):
         path = os.path.join(args.out, f"{args.split}_{index:05d}.{args.format}")
-        write_clip(path, clip_to_uint8(dataset[index]["video"], args.upscale), args.fps)
+        item = dataset[index]
+        write_clip(path, clip_to_uint8(item["video"], args.upscale), args.fps)
         paths.append(path)
+        buckets[os.path.basename(path)] = item["motion_bucket_id"]
+    with open(os.path.join(args.out, "motion_buckets.json"), "w") as f:
+        json.dump(buckets, f, indent=0)
     print(f"wrote {len(paths)} clips of {args.num_frames} frames at {args.fps:g} fps to {args.out}")
     return paths
 

@@ -394,3 +394,46 @@ def test_dmd_svd_gan_reads_real_clips_from_a_video_folder(folder):
     (batch,) = batches(instantiate_from_config(small.data))
     assert set(batch) == KEYS and batch["frames"].shape == (6, 3, 16, 24)
     assert set(batch["fps_id"].tolist()) <= {11.0, 4.0, 3.0}  # 24 fps / 2 - 1, 10 fps gif -> 5 - 1, 8 / 2 - 1
+
+
+def test_motion_buckets_from_a_file_beside_the_clips(digit_clips, tmp_path):
+    import json
+
+    from sgm.data.moving_digits import MovingDigits
+
+    data = VideoFolderDataModule(folder=digit_clips, size=[16, 16], num_frames=8, motion_bucket_id="file")
+    data.setup()
+    rendered = MovingDigits("train", num_frames=8, size=16, channels=3)
+    assert [data.train_dataset[(i, 0)]["motion_bucket_id"] for i in range(4)] == [
+        rendered[i]["motion_bucket_id"] for i in range(4)]  # the renderer's own code, written by the script
+    write_mp4(tmp_path / "a.mp4", moving(8, 1), fps=8)
+    write_mp4(tmp_path / "b.mp4", moving(8, 2), fps=8)
+    with pytest.raises(FileNotFoundError, match="motion_bucket_id: file needs .*motion_buckets.json"):
+        VideoFolderDataModule(folder=str(tmp_path), size=[16, 16], num_frames=8, motion_bucket_id="file").setup()
+    (tmp_path / "motion_buckets.json").write_text(json.dumps({"a.mp4": 40}))
+    with pytest.raises(ValueError, match=r"no motion_bucket_id for 1 of 2 videos: b.mp4"):
+        VideoFolderDataModule(folder=str(tmp_path), size=[16, 16], num_frames=8, motion_bucket_id="file").setup()
+
+
+@pytest.mark.slow
+def test_moving_digits_gan_distils_with_real_clips_from_mp4_files(digit_clips, tmp_path):
+    import glob
+    import subprocess
+    import sys
+
+    from sgm.config import load_configs
+
+    config = load_configs([os.path.join(ROOT, "configs/dmd/moving_digits_dmd_gan.yaml")])
+    assert config.data.target == "sgm.data.video_folder.VideoFolderDataModule" and "channels" not in config.data.params
+    out = subprocess.run(
+        [sys.executable, "main.py", "--base", "configs/dmd/moving_digits_dmd_gan.yaml", "-l", str(tmp_path), "-n", "gan",
+         "--max_steps", "2", f"data.params.folder={digit_clips}", "data.params.batch_size=2",
+         "model.params.generator_update_interval=2", "lightning.callbacks.video_eval=null",
+         "lightning.trainer.log_every_n_steps=1", "lightning.trainer.enable_progress_bar=False",
+         "lightning.callbacks.image_logger.params.batch_frequency=1000"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    (logdir,) = glob.glob(os.path.join(str(tmp_path), "*_gan"))
+    with open(glob.glob(os.path.join(logdir, "csv", "version_*", "metrics.csv"))[0]) as f:
+        header = f.readline()
+    assert "gan" in header, header  # the GAN term ran on the real clips

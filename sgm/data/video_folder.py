@@ -14,7 +14,8 @@ Micro-conditioning per clip (facts and rules in `sgm.data.micro_conditioning`):
                       convention); folders of frames have no container fps and use `frames_fps`.
                       Or a law: a constant or [lo, hi].
     motion_bucket_id  "flow": from the clip's mean Farneback optical flow (needs opencv), mapped onto
-                      0..255 by `motion_bucket_from_flow` with `motion_bucket_scale`; or a law.
+                      0..255 by `motion_bucket_from_flow` with `motion_bucket_scale`; "file": your own
+                      values, {relative path: motion_bucket_id} in <folder>/motion_buckets.json; or a law.
     cond_aug          a law; default log-normal, log(cond_aug) ~ N(-3.0, 0.5^2) as in public SVD fine-tuning.
 
 Decoding: imageio's ffmpeg reader (imageio-ffmpeg binary) for videos, Pillow for GIFs and frames.
@@ -34,9 +35,10 @@ Batches are therefore the same whatever num_workers is, and each epoch draws new
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytorch_lightning as pl
@@ -51,6 +53,7 @@ from sgm.data.video_batch import make_video_batch
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
 GIF_EXTENSIONS = (".gif",)
+MOTION_BUCKETS_FILE = "motion_buckets.json"  # motion_bucket_id: file -> {relative path: value}
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -59,6 +62,7 @@ class VideoSource:
     path: str  # a video file or a folder of frames
     num_frames: int  # frames in the video
     fps: float | None  # container frame rate (None: unknown, folders of frames)
+    motion_bucket_id: float | None = None  # given in motion_buckets.json (motion_bucket_id: file)
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -128,6 +132,21 @@ def resize_center_crop(frames: np.ndarray, size: tuple[int, int]) -> torch.Tenso
     return (video / 127.5 - 1.0).clamp(-1.0, 1.0)
 
 
+def with_motion_buckets(sources: list[VideoSource], folder: str) -> list[VideoSource]:
+    """Each source with its value from <folder>/motion_buckets.json ({path relative to folder: id})."""
+    path = os.path.join(folder, MOTION_BUCKETS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"motion_bucket_id: file needs {path} ({{relative path: motion_bucket_id}})")
+    with open(path) as f:
+        given = json.load(f)
+    names = [os.path.relpath(s.path, folder) for s in sources]
+    missing = [name for name in names if name not in given]
+    if missing:
+        raise ValueError(f"{path} has no motion_bucket_id for {len(missing)} of {len(names)} videos: "
+                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    return [replace(s, motion_bucket_id=float(given[name])) for s, name in zip(sources, names)]
+
+
 def motion_bucket_of(video: torch.Tensor, scale: float = MOTION_BUCKET_SCALE) -> int:
     """(t, 3, H, W) clip in [-1, 1], as the model sees it -> motion_bucket_id by the optical-flow rule."""
     uint8 = ((video + 1.0) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()  # (t, H, W, 3)
@@ -161,15 +180,15 @@ class VideoClips(Dataset):
         num_frames: int,  # t
         frame_stride: int,  # container frames between clip frames
         fps_id,  # None (from the video) or a law spec
-        motion_bucket_id,  # "flow" or a law spec
+        motion_bucket_id,  # "flow", "file" or a law spec
         cond_aug,  # a law spec
         frames_fps: float | None = None,  # frame rate of folders of frames (they have no container)
         motion_bucket_scale: float = MOTION_BUCKET_SCALE,  # buckets per percent of the shorter side per frame
     ):
         self.sources, self.size, self.num_frames, self.frame_stride = sources, size, num_frames, frame_stride
         self.fps_law = None if fps_id is None else parse_law(fps_id, "fps_id", integer=True)
-        self.motion_from_flow = motion_bucket_id == "flow"
-        self.motion_law = None if self.motion_from_flow else parse_law(motion_bucket_id, "motion_bucket_id", True)
+        self.motion_mode = motion_bucket_id if motion_bucket_id in ("flow", "file") else "law"
+        self.motion_law = parse_law(motion_bucket_id, "motion_bucket_id", True) if self.motion_mode == "law" else None
         self.cond_aug_law = parse_law(cond_aug, "cond_aug")
         self.frames_fps, self.motion_bucket_scale = frames_fps, motion_bucket_scale
         self.failed: set[str] = set()  # files that failed after the scan, in this process
@@ -205,8 +224,10 @@ class VideoClips(Dataset):
                     warnings.warn(f"skipping {source.path}: {type(error).__name__}: {error}", stacklevel=2)
                 continue
             video = resize_center_crop(frames, self.size)  # (t, 3, H, W)
-            if self.motion_from_flow:
+            if self.motion_mode == "flow":
                 motion = float(motion_bucket_of(video, self.motion_bucket_scale))
+            elif self.motion_mode == "file":
+                motion = float(source.motion_bucket_id)
             else:
                 motion = float(self.motion_law.sample(1, generator)[0])
             return {
@@ -269,7 +290,7 @@ class VideoFolderDataModule(pl.LightningDataModule):
         batch_size: int = 1,  # clips per batch
         fps_id=None,  # null: round(fps / frame_stride) - 1 from the video; or a constant / [lo, hi]
         frames_fps: float | None = None,  # frame rate of folders of frames (for fps_id: null)
-        motion_bucket_id="flow",  # "flow" (optical flow, needs opencv) or a constant / [lo, hi]
+        motion_bucket_id="flow",  # "flow" (optical flow, needs opencv), "file" (motion_buckets.json) or a law
         motion_bucket_scale: float = MOTION_BUCKET_SCALE,  # flow rule: buckets per % of the shorter side per frame
         cond_aug=None,  # a constant, [lo, hi] or {log_normal: [p_mean, p_std]}; null: SVD's log-normal
         input_key: str = "frames",  # batch key of the target frames
@@ -303,6 +324,8 @@ class VideoFolderDataModule(pl.LightningDataModule):
                 f"no usable videos under {self.folder}: {total} found ({', '.join(VIDEO_EXTENSIONS + GIF_EXTENSIONS)}"
                 f" or folders of {'/'.join(FRAME_EXTENSIONS)} frames), each needing >= {min_frames} frames "
                 f"(num_frames {self.num_frames}, frame_stride {self.frame_stride})")
+        if self.clip_kwargs["motion_bucket_id"] == "file":
+            sources = with_motion_buckets(sources, self.folder)
         self.train_dataset = VideoClips(sources, self.size, self.num_frames, self.frame_stride, **self.clip_kwargs)
 
     def train_dataloader(self) -> DataLoader:
@@ -313,4 +336,4 @@ class VideoFolderDataModule(pl.LightningDataModule):
 
 
 __all__ = ["ClipCollate", "SeededShuffleSampler", "VideoClips", "VideoFolderDataModule", "VideoSource",
-           "list_videos", "motion_bucket_of", "probe", "read_frames", "resize_center_crop", "scan"]
+           "list_videos", "motion_bucket_of", "with_motion_buckets", "probe", "read_frames", "resize_center_crop", "scan"]
