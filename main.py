@@ -52,17 +52,18 @@ def get_parser() -> argparse.ArgumentParser:
                    help="config files, merged left to right")
     p.add_argument("-t", "--train", default=True, help="train (default); -t False only builds", **flag)
     p.add_argument("--no-test", dest="no_test", default=False, help="skip testing after fit", **flag)
-    p.add_argument("-d", "--debug", default=False, help="no crash checkpoint; wandb offline", **flag)
-    p.add_argument("-s", "--seed", type=int, default=23, help="seed for seed_everything")
+    # Settings in CLI_SETTINGS default to None here: the run's saved value on -r, else CLI_SETTINGS.
+    p.add_argument("-d", "--debug", default=None, help="no crash checkpoint; wandb offline", **flag)
+    p.add_argument("-s", "--seed", type=int, default=None, help="seed of the run (default 23)")
     p.add_argument("-f", "--postfix", type=str, default="", help="appended to the run name")
-    p.add_argument("--projectname", type=str, default="sgm-dmd", help="wandb project")
+    p.add_argument("--projectname", type=str, default=None, help="wandb project (default sgm-dmd)")
     p.add_argument("-l", "--logdir", type=str, default="logs", help="root of run directories")
-    p.add_argument("--scale_lr", default=False, help="LR x accumulation x devices x batch size", **flag)
+    p.add_argument("--scale_lr", default=None, help="LR x accumulation x devices x batch size", **flag)
     p.add_argument("--legacy_naming", default=False, help="run name from the config file name only", **flag)
     p.add_argument("--no_base_name", default=False, help="no config-derived part in the run name", **flag)
-    p.add_argument("--enable_tf32", default=False, help="allow TF32 matmuls on CUDA", **flag)
-    p.add_argument("--wandb", default=False, help="also log to wandb (offline unless WANDB_MODE says)", **flag)
-    p.add_argument("--tensorboard", default=False, help="also log to TensorBoard", **flag)
+    p.add_argument("--enable_tf32", default=None, help="allow TF32 matmuls on CUDA", **flag)
+    p.add_argument("--wandb", default=None, help="also log to wandb (offline unless WANDB_MODE says)", **flag)
+    p.add_argument("--tensorboard", default=None, help="also log to TensorBoard", **flag)
     p.add_argument("--resume_from_checkpoint", type=str, default=None, help="checkpoint for trainer.fit")
     p.add_argument("--dry-run", dest="dry_run", default=False,
                    help="build everything on the meta device, print parameter counts, exit", **flag)
@@ -77,6 +78,31 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Command-line settings that are not config keys, with their defaults; saved in the run directory
+# (configs/<time>-cli.yaml) and restored by -r unless given again. Trainer flags (TRAINER_FLAGS) are
+# saved in the lightning config instead.
+CLI_SETTINGS = {"seed": 23, "debug": False, "projectname": "sgm-dmd", "scale_lr": False, "enable_tf32": False,
+                "wandb": False, "tensorboard": False}
+TRAINER_FLAGS = ("accelerator", "devices", "num_nodes", "max_steps", "max_epochs", "precision", "strategy")
+
+
+def split_overrides(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
+    """(arguments for argparse, `key.path=value` overrides). Overrides are taken out first: otherwise
+    `--base` (nargs *) or a bare boolean flag such as `--wandb` would swallow the `key=value` after it
+    (an upstream trap). The value of an option that takes one (`-r runs/x/crash-step=36.ckpt`) and a
+    path that exists are never overrides."""
+    takes_value = {s for a in parser._actions if a.nargs is None and a.option_strings for s in a.option_strings}
+    args, overrides = [], []
+    for i, arg in enumerate(argv):
+        is_value = i > 0 and argv[i - 1] in takes_value
+        if "=" in arg and not arg.startswith("-") and not arg.endswith((".yaml", ".yml")) \
+                and not is_value and not os.path.exists(arg):
+            overrides.append(arg)
+        else:
+            args.append(arg)
+    return args, overrides
+
+
 def check_overrides(args: list[str]) -> list[str]:
     """Arguments argparse did not take must be `key.path=value` overrides."""
     bad = [a for a in args if "=" not in a or a.startswith("-")]
@@ -85,22 +111,53 @@ def check_overrides(args: list[str]) -> list[str]:
     return args
 
 
-def resolve_resume(resume: str) -> tuple[str, str, list[str]]:
-    """-r DIR or -r DIR/checkpoints/X.ckpt -> (logdir, checkpoint, saved configs)."""
+def resolve_resume(resume: str) -> tuple[str, str, list[str], dict]:
+    """-r DIR or -r DIR/checkpoints/X.ckpt -> (logdir, checkpoint, saved configs, saved CLI settings).
+
+    For a directory: the readable checkpoint with the highest global step, with a one-line note when
+    a newer-looking file could not be read."""
+    from sgm.io.resume import checkpoint_step, newest_loadable_checkpoint, saved_cli_settings, saved_configs
+
     if not os.path.exists(resume):
         raise CliError(f"cannot resume: {resume} does not exist")
     if os.path.isfile(resume):
         logdir = os.path.dirname(os.path.dirname(os.path.abspath(resume)))
         ckpt = resume
+        checkpoint_step(ckpt)  # one line naming the file if it cannot be read
     else:
         logdir = resume.rstrip("/")
-        ckpt = os.path.join(logdir, "checkpoints", "last.ckpt")
-        if not os.path.isfile(ckpt):
-            raise CliError(f"cannot resume: no checkpoints/last.ckpt in {logdir}")
-    saved = sorted(glob.glob(os.path.join(logdir, "configs", "*.yaml")))
+        point = newest_loadable_checkpoint(os.path.join(logdir, "checkpoints"))
+        for skipped in point.skipped:
+            print(f"main.py: note: passing over {skipped}", file=sys.stderr)
+        if point.skipped:
+            print(f"main.py: note: resuming from {os.path.basename(point.path)} (step {point.global_step})",
+                  file=sys.stderr)
+        ckpt = point.path
+    cfgdir = os.path.join(logdir, "configs")
+    saved = saved_configs(cfgdir)
     if not saved:
-        raise CliError(f"cannot resume: no saved configs in {logdir}/configs")
-    return logdir, ckpt, saved
+        raise CliError(f"cannot resume: no saved configs in {cfgdir}")
+    return logdir, ckpt, saved, saved_cli_settings(cfgdir)
+
+
+def apply_cli_settings(opt: argparse.Namespace, saved: dict) -> dict:
+    """Fill unset CLI_SETTINGS from the run's saved ones, then the defaults -> the effective settings."""
+    for key, fallback in CLI_SETTINGS.items():
+        if getattr(opt, key) is None:
+            setattr(opt, key, saved.get(key, fallback))
+    return {key: getattr(opt, key) for key in CLI_SETTINGS}
+
+
+def drop_unappliable_overrides(dotlist: list[str]) -> list[str]:
+    """On -r: overrides of learning rates and optimisers are reported and left out of the saved config,
+    because the optimiser states in the checkpoint win."""
+    from sgm.io.resume import overrides_not_applied_on_resume
+
+    ignored = overrides_not_applied_on_resume(dotlist)
+    if ignored:
+        print(f"main.py: note: not applied on resume (the checkpoint's optimiser states keep their learning "
+              f"rates and settings), left out of the saved config: {' '.join(ignored)}", file=sys.stderr)
+    return [item for item in dotlist if item not in ignored]
 
 
 RUN_TIMESTAMP_ENV = "SGM_RUN_TIMESTAMP"
@@ -218,24 +275,29 @@ def main(argv: list[str] | None = None) -> int:
     now = run_timestamp()
     sys.path.append(os.getcwd())
     argv = sys.argv[1:] if argv is None else list(argv)
-    # Dot-list overrides are taken out first: otherwise `--base` (nargs *) or a bare boolean flag
-    # such as `--wandb` would swallow the `key=value` that follows it (an upstream trap).
-    overrides = [a for a in argv if "=" in a and not a.startswith("-") and not a.endswith((".yaml", ".yml"))]
-    opt, unknown = get_parser().parse_known_args([a for a in argv if a not in overrides])
+    parser = get_parser()
+    args, overrides = split_overrides(argv, parser)
+    opt, unknown = parser.parse_known_args(args)
     dotlist = check_overrides(unknown + overrides)
     if opt.name and opt.resume:
         raise CliError("-n/--name and -r/--resume cannot be combined")
 
     resume_ckpt = opt.resume_from_checkpoint
+    saved_settings: dict = {}
     if opt.resume:
-        logdir, resume_ckpt, saved = resolve_resume(opt.resume)
+        logdir, resume_ckpt, saved, saved_settings = resolve_resume(opt.resume)
         opt.base = saved + opt.base
+        dotlist = drop_unappliable_overrides(dotlist)
         nowname = os.path.basename(logdir)
     else:
         nowname = run_name(opt, now)
         logdir = os.path.join(opt.logdir, nowname)
+    cli_settings = apply_cli_settings(opt, saved_settings)
     config = load_config(opt.base, dotlist)
     lightning_config = config.pop("lightning", OmegaConf.create())
+    for key in TRAINER_FLAGS:  # saved with the lightning config, so -r trains toward the same target
+        if getattr(opt, key) is not None:
+            OmegaConf.update(lightning_config, f"trainer.{key}", getattr(opt, key), force_add=True)
     if "model" not in config:
         raise CliError("config has no 'model' section")
 
@@ -292,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = pl.Trainer(
         **trainer_opts,
         logger=make_loggers(opt, logdir, nowname, lightning_config),
-        callbacks=make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config),
+        callbacks=make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, cli_settings),
         default_root_dir=logdir,  # the run directory, for callbacks (sgm.callbacks.setup.run_dir)
     )
     data = instantiate_from_config(config.data)
@@ -320,7 +382,7 @@ def make_loggers(opt, logdir: str, nowname: str, lightning_config) -> list:
     return loggers
 
 
-def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config) -> list:
+def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, cli_settings: dict) -> list:
     from omegaconf import OmegaConf
 
     from sgm.util import instantiate_from_config
@@ -351,7 +413,8 @@ def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config) 
                 "dirpath": os.path.join(ckptdir, "trainstep_checkpoints"), "filename": "{epoch:06}-{step:09}",
                 "save_top_k": -1, "every_n_train_steps": 10000, "save_weights_only": True}}, cfg)
         if name == "setup_callback":
-            callbacks.append(instantiate_from_config(cfg, config=config, lightning_config=lightning_config))
+            callbacks.append(instantiate_from_config(cfg, config=config, lightning_config=lightning_config,
+                                                     cli_settings=cli_settings))
         else:
             callbacks.append(instantiate_from_config(cfg))
     callbacks.append(instantiate_from_config(checkpoint))

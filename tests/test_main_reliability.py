@@ -3,6 +3,7 @@ settings, bad inputs."""
 import csv
 import glob
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,9 @@ import time
 
 import pytest
 import torch
+
+import sgm  # noqa: F401  (before Lightning: torchvision shim)
+import pytorch_lightning as pl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = "configs/example_training/toy/digits_cond.yaml"
@@ -25,8 +29,8 @@ TINY = [
 ]
 
 
-def env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1"}
+def env() -> dict:  # tests/ on the path: configs may name the probes below
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests"), ROOT])}
 
 
 def run_main(*args, timeout: int = 600):
@@ -115,23 +119,55 @@ def _state(logdir: str) -> dict:
     return torch.load(os.path.join(logdir, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
 
 
+class SigtermAt(pl.Callback):
+    """Test probe: the process sends itself SIGTERM after the step that brings global_step to `step`."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 @pytest.mark.slow
 def test_a_resumed_dmd_run_matches_an_uninterrupted_one_bit_for_bit(tmp_path, digits_teacher):
-    """Stopped at step 4 (a generator step) and resumed to 8 through main.py, as one run of 8 steps."""
-    base = ["--base", "configs/dmd/digits_dmd.yaml", "-l", str(tmp_path), f"model.params.teacher_ckpt_path={digits_teacher}",
-            *DMD_TINY]
-    assert run_main(*base, "-n", "straight", "--max_steps", "8").returncode == 0
-    out = run_main(*base, "-n", "split", "--max_steps", "4")
-    assert out.returncode == 0, out.stderr[-3000:]
+    """A run stopped by SIGTERM after step 4 (a generator step), moved, with a garbage last.ckpt planted,
+    resumed by a bare `-r DIR` through main.py, ends as a run of 8 steps did: --max_steps 8 and -s 7 come
+    back from the run directory, the crash checkpoint is the newest readable one, an LR override is
+    reported and left out."""
+    base = ["--base", "configs/dmd/digits_dmd.yaml", "-l", str(tmp_path), "-s", "7", "--max_steps", "8",
+            f"model.params.teacher_ckpt_path={digits_teacher}", *DMD_TINY]
+    assert run_main(*base, "-n", "straight").returncode == 0
+    out = run_main(*base, "-n", "split", "lightning.callbacks.sigterm_at.target=test_main_reliability.SigtermAt",
+                   "lightning.callbacks.sigterm_at.params.step=4")
+    assert out.returncode == 143, out.stderr[-3000:]
     (split,) = glob.glob(str(tmp_path / "*_split"))
-    out = run_main("-r", split, "--max_steps", "8")
+    moved = str(tmp_path / "moved")
+    shutil.move(split, moved)
+    with open(os.path.join(moved, "checkpoints", "last.ckpt"), "wb") as f:
+        f.write(b"not a checkpoint")
+    out = run_main("-r", moved, "lightning.callbacks.sigterm_at=null", "model.base_learning_rate=1.0")
     assert out.returncode == 0, out.stderr[-3000:]
+    notes = [line for line in out.stderr.splitlines() if line.startswith("main.py: note:")]
+    assert "passing over last.ckpt: cannot read checkpoint" in notes[0]
+    assert notes[1].endswith("resuming from crash-step=00000004.ckpt (step 4)")
+    assert "model.base_learning_rate=1.0" in notes[2]
     (straight,) = glob.glob(str(tmp_path / "*_straight"))
-    a, b = _state(straight), _state(split)
+    a, b = _state(straight), _state(moved)
     assert a["global_step"] == b["global_step"] == 8
     different = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
     assert different == []  # generator, EMA, critic (and the frozen parts)
     for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"]):
+        assert opt_a["param_groups"] == opt_b["param_groups"]  # the LR override was not applied
         for p in opt_a["state"]:
             assert all(torch.equal(opt_a["state"][p][k], opt_b["state"][p][k]) for k in opt_a["state"][p])
     assert a["lr_schedulers"] == b["lr_schedulers"]
+    assert not glob.glob(os.path.join(moved, "checkpoints", "last-v*.ckpt"))
+    saved = sorted(glob.glob(os.path.join(moved, "configs", "*-project.yaml")))
+    assert len(saved) == 2 and "base_learning_rate: 1.0" not in open(saved[-1]).read()
+
+    # a checkpoint path with '=' in it is a path, not an override
+    out = run_main("-r", os.path.join(moved, "checkpoints", "crash-step=00000004.ckpt"), "--max_steps", "4",
+                   "lightning.callbacks.sigterm_at=null")
+    assert out.returncode == 0, out.stderr[-3000:]

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from sgm.io.checkpoint import remove_partial_files
+from sgm.io.resume import CLI_SUFFIX
 
 
 def run_dir(trainer: pl.Trainer) -> str:
@@ -27,6 +28,7 @@ class SetupCallback(pl.Callback):
         config: DictConfig,  # model + data (+ anything else) after merging
         lightning_config: DictConfig,  # the `lightning` section after merging
         debug: bool = False,  # no crash checkpoint in debug runs
+        cli_settings: dict | None = None,  # main.py's settings that are not config keys (seed, ...)
     ):
         super().__init__()
         self.resume = resume
@@ -35,6 +37,7 @@ class SetupCallback(pl.Callback):
         self.config = config
         self.lightning_config = lightning_config
         self.debug = debug
+        self.cli_settings = cli_settings
 
     @rank_zero_only
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -45,6 +48,8 @@ class SetupCallback(pl.Callback):
         OmegaConf.save(self.config, os.path.join(self.cfgdir, f"{self.now}-project.yaml"), resolve=True)
         OmegaConf.save(OmegaConf.create({"lightning": self.lightning_config}),
                        os.path.join(self.cfgdir, f"{self.now}-lightning.yaml"), resolve=True)
+        if self.cli_settings is not None:
+            OmegaConf.save(OmegaConf.create(self.cli_settings), os.path.join(self.cfgdir, f"{self.now}{CLI_SUFFIX}"))
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         """Metrics reach disk with every checkpoint (CSVLogger buffers rows between flushes)."""

@@ -69,9 +69,17 @@ def read_state_dict(path: str, check_finite: bool = True) -> dict[str, torch.Ten
     return state_dict
 
 
-def read_torch_file(path: str) -> Any:
-    """`torch.load` that never runs pickled code (tensors, numbers, strings and containers only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+def read_torch_file(path: str, mmap: bool = False) -> Any:
+    """`torch.load` that never runs pickled code (tensors, numbers, strings and containers only);
+    `mmap=True` maps the tensors instead of reading them (a cheap look at a large checkpoint)."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def read_checkpoint(path: str, mmap: bool = False) -> Any:
+    """The whole payload of a torch checkpoint file; failures are one CheckpointError naming the file."""
+    if not os.path.isfile(path):
+        raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
+    return _read_file(path, lambda p: read_torch_file(p, mmap=mmap))
 
 
 def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
