@@ -22,7 +22,7 @@ from sgm.util import instantiate_from_config
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "inference"
 MANIFESTS = Path(__file__).parent / "data" / "manifests"
-# Every released video model whose network exists here (SV4D's is not implemented yet).
+# Every released SVD / SV3D model (SV4D's: tests/test_sv4d_configs.py).
 NAMES = ["svd", "svd_xt", "svd_xt_1_1", "svd_image_decoder", "svd_xt_image_decoder", "sv3d_u", "sv3d_p"]
 
 

@@ -1,0 +1,111 @@
+"""Multi-view moving digits: a CPU toy of SV4D's task (novel-view videos of a moving object).
+
+A moving-digits clip (sgm.data.moving_digits) is the input view. "Camera" k sees the same canvas
+under a fixed transform from the symmetry group of the square: k = 0 the identity (the input view),
+1-3 rotations by 90, 180, 270 degrees, 4-7 a horizontal flip followed by those rotations. So the
+views of one frame are consistent by construction, a model can learn them, and undoing each view's
+transform (`to_input_view`) compares views in one frame of reference. Camera k sits at azimuth
+2 pi k / 8, elevation 0 (polar pi/2 after SV4D 2.0's relative mapping).
+
+Batches are SV4D windows (`sgm.data.video_batch.make_window_batch`): t frames x v novel views
+(cameras 1..v), rows (b, t, v); with probability `ref_prob` a batch carries the first frame's views as
+reference views (SV4D 2.0 trains its later windows that way).
+"""
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from sgm.data.moving_digits import MovingDigits
+from sgm.data.video_batch import make_window_batch
+
+NUM_CAMERAS = 8  # the eight symmetries of the square
+
+
+def view_transform(x: torch.Tensor, camera: int) -> torch.Tensor:
+    """Camera `camera`'s view of canvases (..., H, W): optional horizontal flip, then k * 90 degrees."""
+    if not 0 <= camera < NUM_CAMERAS:
+        raise ValueError(f"camera must be in 0..{NUM_CAMERAS - 1}, got {camera}")
+    if camera >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, camera % 4, dims=(-2, -1))
+
+
+def to_input_view(x: torch.Tensor, camera: int) -> torch.Tensor:
+    """Inverse of `view_transform`: camera `camera`'s image (..., H, W) seen from the input camera."""
+    x = torch.rot90(x, -(camera % 4), dims=(-2, -1))
+    return x.flip(-1) if camera >= 4 else x
+
+
+def camera_angles(num_views: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(polar_rad, azimuth_rad) of the novel cameras 1..num_views, relative to the input camera."""
+    if not 1 <= num_views < NUM_CAMERAS:
+        raise ValueError(f"num_views must be in 1..{NUM_CAMERAS - 1}, got {num_views}")
+    azimuth = torch.arange(1, num_views + 1, dtype=torch.float32) * (2 * math.pi / NUM_CAMERAS)
+    return torch.full((num_views,), math.pi / 2), azimuth
+
+
+class MultiViewMovingDigits(Dataset):
+    """Items: `video` (t, C, H, W), the input view; `views` (t, v, C, H, W), cameras 1..v; `cls`."""
+
+    def __init__(self, num_views: int = 4, **moving_digits_kwargs):
+        camera_angles(num_views)  # validates num_views
+        self.num_views = num_views
+        self.clips = MovingDigits(**moving_digits_kwargs)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.clips[index]
+        video = item["video"]  # (t, C, H, W)
+        views = torch.stack([view_transform(video, k) for k in range(1, self.num_views + 1)], dim=1)
+        return {"video": video, "views": views, "cls": item["cls"]}
+
+
+class WindowCollate:
+    """Stacks items into one SV4D window batch (see `make_window_batch`)."""
+
+    def __init__(self, num_views: int, ref_prob: float = 0.5, input_key: str = "frames"):
+        self.polar, self.azimuth = camera_angles(num_views)
+        self.ref_prob, self.input_key = ref_prob, input_key
+
+    def __call__(self, items: list[dict]) -> dict:
+        video = torch.stack([item["video"] for item in items])  # (b, t, C, H, W)
+        views = torch.stack([item["views"] for item in items])  # (b, t, v, C, H, W)
+        with_refs = bool(torch.rand(()) < self.ref_prob)
+        batch = make_window_batch(video, self.polar, self.azimuth, ref_views=views[:, 0] if with_refs else None,
+                                  targets=views, input_key=self.input_key)
+        batch["cls"] = torch.tensor([item["cls"] for item in items])
+        return batch
+
+
+class MultiViewDigitsDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        batch_size: int = 8,  # windows per batch
+        num_frames: int = 4,  # t
+        num_views: int = 4,  # v novel cameras (1..7)
+        size: int = 16,  # canvas side
+        channels: int = 3,  # 1 or 3
+        ref_prob: float = 0.5,  # probability that a batch carries the first frame's views as cond_view
+        input_key: str = "frames",  # batch key of the target views
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.dataset_kwargs = dict(num_views=num_views, num_frames=num_frames, size=size, channels=channels,
+                                   seed=seed, fresh_trajectories=True)
+        self.collate = WindowCollate(num_views, ref_prob, input_key)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_dataset = MultiViewMovingDigits(split="train", **self.dataset_kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
+                          num_workers=self.num_workers, collate_fn=self.collate,
+                          persistent_workers=self.num_workers > 0)
