@@ -339,13 +339,15 @@ def main(argv: list[str] | None = None) -> int:
         accumulate = trainer_opts.get("accumulate_grad_batches", 1) or 1
         base_lr = accumulate * n_devices * batch_size_of(config.data) * base_lr
         print(f"learning rate scaled to {base_lr:.2e}")
+    check_run_inputs(config, trainer_opts, logdir, base_lr)
+    from sgm.util import instantiate_from_config
+
+    data = instantiate_from_config(config.data)  # data typos fail before the model and teacher are built
     model = build_model(config, base_lr)
     if opt.train and not isinstance(model, pl.LightningModule):
         raise CliError(f"model.target {config.model.target} builds a {type(model).__name__}, which is not a "
                        "LightningModule and cannot be trained (a KL autoencoder trains as "
                        "sgm.models.autoencoder_training.TrainableAutoencodingEngine)")
-
-    from sgm.util import instantiate_from_config
 
     if "plugins" not in trainer_opts:  # checkpoints written atomically beside their target, never with NaN
         from sgm.callbacks.checkpointing import AtomicCheckpointIO
@@ -357,11 +359,43 @@ def main(argv: list[str] | None = None) -> int:
         callbacks=make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, cli_settings),
         default_root_dir=logdir,  # the run directory, for callbacks (sgm.callbacks.setup.run_dir)
     )
-    data = instantiate_from_config(config.data)
     if opt.train:
         trainer.fit(model, data, ckpt_path=resume_ckpt)
+        if trainer.num_training_batches == 0:  # Lightning ends such a run at once, with status 0
+            raise CliError(f"the training data gives no batch: data.params.batch_size "
+                           f"{batch_size_of(config.data)} is larger than the training set on each device")
     print(f"run directory: {logdir}")
     return 0
+
+
+def check_run_inputs(config, trainer_opts: dict, logdir: str, base_lr) -> None:
+    """Inputs that would otherwise fail late or with a traceback, each reported in one line."""
+    import difflib
+    import inspect
+
+    import pytorch_lightning as pl
+
+    if base_lr is not None and (isinstance(base_lr, bool) or not isinstance(base_lr, (int, float))):
+        raise CliError(f"model.base_learning_rate must be a number, got {base_lr!r}")
+    if base_lr is not None and not base_lr > 0:
+        raise CliError(f"model.base_learning_rate must be > 0, got {base_lr}")
+    try:
+        batch_size = batch_size_of(config.data)
+    except (TypeError, ValueError):
+        raise CliError(f"data.params.batch_size must be an integer, got {config.data.params.get('batch_size')!r}")
+    if batch_size < 1:
+        raise CliError(f"data.params.batch_size must be >= 1, got {batch_size}")
+    known = inspect.signature(pl.Trainer.__init__).parameters
+    for key in trainer_opts:
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise CliError(f"lightning.trainer.{key} is not a Trainer argument{hint}")
+    folder = os.path.abspath(logdir)
+    while folder != os.path.dirname(folder):
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise CliError(f"cannot create the run directory {logdir}: {folder} is a file")
+        folder = os.path.dirname(folder)
 
 
 def make_loggers(opt, logdir: str, nowname: str, lightning_config) -> list:
@@ -432,9 +466,10 @@ if __name__ == "__main__":
         raise
     except Exception as error:  # one clear line for configuration mistakes; full trace otherwise
         from sgm.io.checkpoint import CheckpointError
+        from sgm.modules.distillation.guard import NonFiniteError
         from sgm.util import ConfigError
 
-        if isinstance(error, (ConfigError, CheckpointError, KeyError, FileNotFoundError)):
+        if isinstance(error, (ConfigError, CheckpointError, NonFiniteError, KeyError, FileNotFoundError)):
             print(f"main.py: error: {type(error).__name__}: {error}", file=sys.stderr)
             sys.exit(1)
         raise

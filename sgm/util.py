@@ -84,6 +84,14 @@ def instantiate_from_config(config: Any, /, **extra_params: Any) -> Any:
         raise ConfigError(f"{error} (in {_describe(config, target)})") from None
     kwargs = dict(params)
     kwargs.update(extra_params)
+    for name, value in kwargs.items():
+        expected = _scalar_annotation(cls, name)
+        if expected is not None and not _fits(value, expected):
+            where = config_location(config)
+            key = f"{where}.params.{name}" if where else name
+            kinds = " or ".join("None" if t is type(None) else t.__name__ for t in expected)
+            raise ConfigError(f"config key '{key}' must be {kinds}, got {value!r} ({type(value).__name__}) "
+                              f"(target '{target}')")
     try:
         return cls(**kwargs)
     except TypeError as error:
@@ -91,6 +99,43 @@ def instantiate_from_config(config: Any, /, **extra_params: Any) -> Any:
         if "argument" in str(error) and _is_signature_error(error):
             raise ConfigError(f"{_describe(config, target)}: {error}") from error
         raise
+
+
+_SCALARS = {"int": (int,), "float": (float,), "bool": (bool,), "str": (str,)}
+
+
+def _scalar_annotation(cls: Any, name: str) -> tuple[type, ...] | None:
+    """The scalar types a constructor parameter is annotated with (`int`, `float | None`, ...), or None
+    when it is anything else (containers, configs, unions with other types) or not annotated."""
+    try:
+        parameter = inspect.signature(cls).parameters.get(name)
+    except (TypeError, ValueError):
+        return None
+    if parameter is None or parameter.annotation is inspect.Parameter.empty:
+        return None
+    annotation = parameter.annotation
+    if not isinstance(annotation, str):  # evaluated annotations: only plain scalar classes
+        return (annotation,) if annotation in (int, float, bool, str) else None
+    parts = [part.strip() for part in annotation.split("|")]
+    if any(part not in _SCALARS and part != "None" for part in parts):
+        return None
+    return tuple(t for part in parts if part != "None" for t in _SCALARS[part]) + ((type(None),) if "None" in parts else ())
+
+
+def _fits(value: Any, expected: tuple[type, ...]) -> bool:
+    if value is None or isinstance(value, expected):
+        return value is not None or type(None) in expected
+    if float in expected and isinstance(value, int) and not isinstance(value, bool):
+        return True  # 1 for a float
+    if float in expected and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-4 as a string; the constructor's arithmetic turns it into a float
+            float(value)
+            return True
+        except ValueError:
+            return False
+    if int in expected and isinstance(value, float) and value.is_integer():
+        return True  # 5.0 for an int
+    return False
 
 
 def _is_signature_error(error: TypeError) -> bool:

@@ -171,3 +171,61 @@ def test_a_resumed_dmd_run_matches_an_uninterrupted_one_bit_for_bit(tmp_path, di
     out = run_main("-r", os.path.join(moved, "checkpoints", "crash-step=00000004.ckpt"), "--max_steps", "4",
                    "lightning.callbacks.sigterm_at=null")
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------ bad inputs: one line each
+DMD = "configs/dmd/digits_dmd.yaml"
+
+
+def _planted_pickle(path: str, marker: str) -> str:
+    class Planted:
+        def __reduce__(self):
+            return (open, (marker, "w"))
+
+    torch.save({"state_dict": {"w": torch.ones(1)}, "payload": Planted()}, path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [
+    "type_int", "type_lr", "trainer_key", "batch_zero", "batch_too_large", "grad_clip_zero", "ema_decay",
+    "logdir_under_file", "data_typo_first", "garbage_teacher", "pickled_teacher", "nan_teacher"])
+def test_bad_inputs_fail_with_one_line_naming_the_culprit(tmp_path, case, digits_teacher):
+    teacher = f"model.params.teacher_ckpt_path={digits_teacher}"
+    garbage = str(tmp_path / "garbage.ckpt")
+    open(garbage, "wb").write(b"not a checkpoint at all")
+    nan_file = str(tmp_path / "nan.ckpt")
+    state = torch.load(digits_teacher, weights_only=True)
+    state["state_dict"]["model_ema.diffusion_modelout2weight"][0] = float("nan")
+    torch.save(state, nan_file)
+    marker = str(tmp_path / "ran")
+    cases = {  # case: (config, extra arguments, expected in the last line)
+        "type_int": (DMD, [teacher, "model.params.generator_update_interval=abc"],
+                     "config key 'model.params.generator_update_interval' must be int, got 'abc'"),
+        "type_lr": (DIGITS, ["model.base_learning_rate=fast"], "model.base_learning_rate must be a number, got 'fast'"),
+        "trainer_key": (DIGITS, ["lightning.trainer.max_stepz=5"],
+                        "lightning.trainer.max_stepz is not a Trainer argument (did you mean max_steps?)"),
+        "batch_zero": (DIGITS, ["data.params.batch_size=0"], "data.params.batch_size must be >= 1, got 0"),
+        "batch_too_large": (DIGITS, ["data.params.batch_size=5000"], "the training data gives no batch"),
+        "grad_clip_zero": (DMD, [teacher, "model.params.generator_grad_clip=0"],
+                           "model.params.generator_grad_clip must be > 0 or null"),
+        "ema_decay": (DIGITS, ["model.params.ema_decay_rate=1.5"], "model.params.ema_decay_rate must be in [0, 1]"),
+        "logdir_under_file": (DIGITS, ["-l", os.path.join(garbage, "logs")], f"{garbage} is a file"),
+        "data_typo_first": (DMD, ["model.params.teacher_ckpt_path=/no/such/teacher.ckpt", "data.params.batch_sise=8"],
+                            "unexpected keyword argument 'batch_sise'"),
+        "garbage_teacher": (DMD, [f"model.params.teacher_ckpt_path={garbage}"], f"cannot read checkpoint {garbage}"),
+        "pickled_teacher": (DMD, [f"model.params.teacher_ckpt_path={_planted_pickle(str(tmp_path / 'p.ckpt'), marker)}"],
+                            "refused to unpickle"),
+        "nan_teacher": (DMD, [f"model.params.teacher_ckpt_path={nan_file}"],
+                        f"{nan_file}: 1 tensors hold NaN/inf values: model_ema.diffusion_modelout2weight"),
+    }
+    config, extra, expected = cases[case]
+    args = ["--base", config, *TINY[1:4], "--max_steps", "2", *extra]
+    if "-l" not in extra:
+        args += ["-l", str(tmp_path / "logs")]
+    out = run_main(*args, timeout=300)
+    assert out.returncode not in (0, None), out.stdout[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("main.py: error") and expected in last, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    assert not os.path.exists(marker)

@@ -88,6 +88,8 @@ class DiffusionEngine(pl.LightningModule):
         self.loss_fn = instantiate_from_config(loss_fn_config) if loss_fn_config is not None else None
         self.use_ema = use_ema
         if use_ema:
+            if not 0.0 <= float(ema_decay_rate) <= 1.0:
+                raise ConfigError(f"model.params.ema_decay_rate must be in [0, 1], got {ema_decay_rate}")
             self.model_ema = LitEma(self.model, decay=ema_decay_rate)
         self.scale_factor = scale_factor
         self.disable_first_stage_autocast = disable_first_stage_autocast
