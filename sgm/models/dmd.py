@@ -47,6 +47,8 @@ from sgm.io.checkpoint import load_weights, read_state_dict, select_prefix
 from sgm.models.diffusion import DiffusionEngine
 from sgm.modules.diffusionmodules.loss import frames_per_clip, per_clip_sigmas
 from sgm.modules.distillation.balance import GradientBalancer
+from sgm.modules.distillation.lora import LoRAOptions, add_lora
+from sgm.modules.distillation.guard import NonFiniteGuard
 from sgm.modules.distillation.losses import dmd_loss
 from sgm.modules.distillation.roles import ema_network_weights
 from sgm.modules.distillation.rollout import STREAM_CRITIC, STREAM_GENERATOR, backward_simulation, draw_exit_step
@@ -142,12 +144,14 @@ class DMDEngine(DiffusionEngine):
         ckpt_path: str | None = None,  # generator init file (engine layout); None: the teacher
         generator_update_interval: int = 5,  # generator steps at global steps 0, k, 2k, ...
         generator_grad_clip: float | None = None,  # max grad norm of the generator (None: off)
+        max_non_finite_steps: int = 10,  # this many skipped (NaN/inf) steps of one role in a row stop the run
         dmd_weight: float = 1.0,  # weight of the DMD loss
         terms: dict | None = None,  # {name: {target, params}}: optional loss terms (terms.py)
         critic: dict | CriticOptions | None = None,  # CriticOptions
         init: dict | InitOptions | None = None,  # InitOptions
         inputs: dict | InputOptions | None = None,  # InputOptions
         balance: dict | None = None,  # balance.GradientBalancer params ({targets: {term: ratio}, ...}); None: off
+        lora: dict | None = None,  # {generator: LoRAOptions, critic: LoRAOptions} (lora.py); None: full weights
         seed: int = 0,  # seeds the exit-step draws (with the global step)
         **engine_kwargs: Any,  # DiffusionEngine's: loss_fn_config (the critic's), optimizer_config, ...
     ):
@@ -180,10 +184,15 @@ class DMDEngine(DiffusionEngine):
             raise ConfigError(f"generator_update_interval must be >= 1, got {generator_update_interval}")
         self.generator_update_interval = generator_update_interval
         self.grad_clips = {"generator": generator_grad_clip, "critic": self.critic_options.grad_clip}
+        self.non_finite_guard = NonFiniteGuard(max_non_finite_steps)
+        for key, clip in (("generator_grad_clip", generator_grad_clip), ("critic.grad_clip", self.critic_options.grad_clip)):
+            if clip is not None and not float(clip) > 0:  # 0 would zero every gradient: a run that never learns
+                raise ConfigError(f"model.params.{key} must be > 0 or null (no clipping), got {clip}")
         self.dmd_weight = dmd_weight
         self.seed = seed
         if not _on_meta(self):  # --dry-run builds on the meta device: nothing to load
             self._init_weights(teacher_ckpt_path, ckpt_path)
+        self.lora_options = self._add_lora(lora or {})
 
     # ------------------------------------------------------------------ weights
     def _init_weights(self, teacher: str | None, own: str | None) -> None:
@@ -204,6 +213,20 @@ class DMDEngine(DiffusionEngine):
                               "(or real_score_config.params.ckpt_path)")
         if self.use_ema:  # the shadow starts from the initialised student
             self.model_ema = LitEma(self.model, decay=float(self.model_ema.decay))
+
+    def _add_lora(self, lora: dict) -> dict[str, LoRAOptions]:
+        """Adapters on the loaded generator / critic networks (their other weights frozen), EMA over the adapters."""
+        unknown = sorted(set(lora) - {"generator", "critic"})
+        if unknown:
+            raise ConfigError(f"model.params.lora: unknown role(s) {unknown}; known: ['critic', 'generator']")
+        chosen = {role: options(LoRAOptions, cfg, f"lora.{role}") for role, cfg in lora.items() if cfg is not None}
+        if "generator" in chosen:
+            add_lora(self.model.diffusion_model, chosen["generator"], "generator", seed=self.seed)
+            if self.use_ema:  # the shadow follows the trainable (adapter) weights
+                self.model_ema = LitEma(self.model, decay=float(self.model_ema.decay))
+        if "critic" in chosen:
+            add_lora(self.fake_score.model.diffusion_model, chosen["critic"], "critic", seed=self.seed + 1)
+        return chosen
 
     def _read(self, path: str, use_ema: bool) -> dict[str, torch.Tensor]:
         state_dict = read_state_dict(path)
@@ -336,7 +359,7 @@ class DMDEngine(DiffusionEngine):
             log |= self._update("generator", self.generator_loss, batch, generator_opt, generator_sched)
             for term in self.terms.values():
                 term.after_generator_step()
-            if self.use_ema:
+            if self.use_ema and not self.non_finite_guard.was_skipped("generator"):
                 self.model_ema(self.model)
         log |= self._update("critic", self.critic_loss, batch, critic_opt, critic_sched)
         log |= {"lr/generator": generator_opt.param_groups[0]["lr"], "lr/critic": critic_opt.param_groups[0]["lr"]}
@@ -354,6 +377,8 @@ class DMDEngine(DiffusionEngine):
             logger.log_metrics(values, step=step)
 
     def _update(self, role: str, loss_fn, batch: dict, opt, sched) -> dict:
+        """One optimiser step of `role`, skipped (weights and optimiser state untouched) when the loss
+        or the gradient norm is not finite; `log["skipped/<role>"]` counts the skipped steps."""
         with self.toggled_optimizer(opt):
             loss, log = loss_fn(batch)
             opt.zero_grad()
@@ -361,11 +386,16 @@ class DMDEngine(DiffusionEngine):
             params = self.generator_parameters() if role == "generator" else self.critic_parameters()
             max_norm = default(self.grad_clips[role], float("inf"))
             log[f"grad/{role}"] = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            culprit = self.non_finite_guard.culprit(log, float(log[f"grad/{role}"]))
+            if culprit is not None:  # gradients are all-reduced: every rank skips alike
+                opt.zero_grad(set_to_none=True)  # optimisers pass over parameters without gradients
             if role == "generator":  # not counted: global_step counts iterations (critic steps)
-                self.trainer.strategy.optimizer_step(opt.optimizer, closure=_no_closure)
+                if culprit is None:
+                    self.trainer.strategy.optimizer_step(opt.optimizer, closure=_no_closure)
             else:
-                opt.step()
+                opt.step()  # counts the iteration even when skipped (no parameter has a gradient)
         sched.step()
+        log[f"skipped/{role}"] = self.non_finite_guard.record(role, culprit, self.global_step)
         return log
 
     # ------------------------------------------------------------------ checkpoints

@@ -62,8 +62,10 @@ def dmd_loss(
     with torch.no_grad():
         abs_diff = (x0_f.detach() - real_f).abs() * keep_b  # (B, T, ...)
         normalizer = abs_diff.flatten(1).sum(dim=1) / count  # (B,) DMD2: mean |x0 - pred_real|
-        grad = (fake_f - real_f) / append_dims(normalizer, x0_f.ndim)  # (B, T, ...) eq. 7
-        grad = torch.nan_to_num(grad) * keep_b
+        # eq. 7; the floor only guards x0 == pred_real exactly (0/0), so a NaN teacher stays visible
+        # (DMD2's nan_to_num turned it into a zero gradient and a run that "trains" for ever)
+        grad = (fake_f - real_f) / append_dims(normalizer.clamp(min=torch.finfo(torch.float32).tiny), x0_f.ndim)
+        grad = torch.where(keep_b > 0, grad, torch.zeros_like(grad))  # (B, T, ...) masked frames: 0
         target = x0_f.detach() - grad  # sg(x0 - grad)
     sq = (x0_f - target) ** 2 * keep_b  # (B, T, ...)
     loss = 0.5 * sq.flatten(1).sum(dim=1) / count  # (B,)
