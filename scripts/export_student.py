@@ -69,6 +69,20 @@ def student_state_dict(state: dict[str, torch.Tensor], use_ema: bool) -> dict[st
     return out
 
 
+def merge_generator_lora(weights: dict[str, torch.Tensor], run_config) -> dict[str, torch.Tensor]:
+    """A LoRA generator (model.params.lora.generator) folded into plain weights under upstream names."""
+    if not any(".lora_" in k for k in weights):
+        return weights
+    from omegaconf import OmegaConf
+
+    from sgm.modules.distillation.lora import LoRAOptions, merge_lora
+
+    given = OmegaConf.to_container(run_config.model.params.get("lora", {}) or {}, resolve=True).get("generator")
+    if given is None:
+        raise SystemExit("error: the checkpoint holds LoRA adapters but the run config has no model.params.lora.generator")
+    return merge_lora(weights, LoRAOptions(**given).scale)
+
+
 def inference_config(run_config):
     """The run's model section as a plain DiffusionEngine config (training-only keys dropped)."""
     from omegaconf import OmegaConf
@@ -77,7 +91,7 @@ def inference_config(run_config):
 
     allowed = set(inspect.signature(DiffusionEngine.__init__).parameters) - {"self"}
     params = OmegaConf.to_container(run_config.model.params, resolve=True)
-    kept = {k: v for k, v in params.items() if k in allowed and k not in ("ckpt_path", "loss_fn_config",
+    kept = {k: v for k, v in params.items() if k in allowed and k not in ("ckpt_path", "loss_fn_config", "lora",
                                                                           "use_ema", "ema_decay_rate")}
     return OmegaConf.create({"model": {"target": INFERENCE_TARGET, "params": kept}})
 
@@ -187,7 +201,7 @@ def main(argv: list[str] | None = None) -> str:
     ckpt, configs = resolve_run(args.run)
     run_config = load_configs(configs)
     state = read_state_dict(ckpt)
-    weights = student_state_dict(state, use_ema=args.ema)
+    weights = merge_generator_lora(student_state_dict(state, use_ema=args.ema), run_config)
     dtype = getattr(torch, args.dtype)
     weights = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in weights.items()}
     if args.format == "diffusers":
