@@ -353,9 +353,16 @@ def main(argv: list[str] | None = None) -> int:
         from sgm.callbacks.checkpointing import AtomicCheckpointIO
 
         trainer_opts["plugins"] = [AtomicCheckpointIO()]
+    if lightning_config.get("strategy") is not None:  # upstream's lightning.strategy: {target, params}
+        if "strategy" in trainer_opts:
+            raise CliError("the strategy is given twice: lightning.strategy and lightning.trainer.strategy / --strategy")
+        trainer_opts["strategy"] = instantiate_from_config(lightning_config.strategy)
+    loggers = make_loggers(opt, logdir, nowname, lightning_config)
+    if lightning_config.get("logger") is not None:  # upstream's lightning.logger: {target, params}, beside ours
+        loggers.append(instantiate_from_config(lightning_config.logger))
     trainer = pl.Trainer(
         **trainer_opts,
-        logger=make_loggers(opt, logdir, nowname, lightning_config),
+        logger=loggers,
         callbacks=make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, cli_settings),
         default_root_dir=logdir,  # the run directory, for callbacks (sgm.callbacks.setup.run_dir)
     )
