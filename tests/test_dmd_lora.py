@@ -137,3 +137,24 @@ def test_export_merges_the_generator_adapters(teacher_ckpt, tmp_path):
     expected = merge_lora({k: v for k, v in engine.state_dict().items() if k.startswith("model.")}, 8 / 4)
     for key, value in expected.items():
         torch.testing.assert_close(exported[key], value)
+
+
+def test_critic_on_the_teachers_weights(teacher_ckpt):
+    """lora.critic_on_teacher: one U-Net less; the teacher still sees W0 alone, the critic W0 + its adapters."""
+    plain = build(teacher_ckpt)
+    shared = build(teacher_ckpt, "model.params.lora.critic.rank=4", "model.params.lora.critic_on_teacher=true",
+                   "model.params.generator_update_interval=2")
+    assert shared.fake_score.model is shared.real_score.role.model
+    unet = sum(p.numel() for p in plain.fake_score.model.parameters())
+    count = lambda engine: sum(p.numel() for p in engine.parameters())  # noqa: E731  (shared counted once)
+    adapters = sum(p.numel() for p in shared.critic_parameters())
+    assert count(shared) == count(plain) - unet + adapters
+    fit(shared, batches=4, max_steps=3)
+    torch.manual_seed(0)
+    x, sigma = torch.randn(2, 1, 8, 8), torch.tensor([1.0, 3.0])
+    cond = {"vector": torch.randn(2, 128)}
+    with torch.no_grad():
+        teacher, reference = shared.real_score(x, sigma, cond), plain.real_score(x, sigma, cond)
+        critic = shared.fake_score(x, sigma, cond)
+    torch.testing.assert_close(teacher, reference, rtol=0, atol=0)  # bit-identical teacher
+    assert (critic - teacher).abs().max() > 1e-4  # the critic's adapters trained

@@ -47,7 +47,7 @@ from sgm.io.checkpoint import load_weights, read_state_dict, select_prefix
 from sgm.models.diffusion import DiffusionEngine
 from sgm.modules.diffusionmodules.loss import frames_per_clip, per_clip_sigmas
 from sgm.modules.distillation.balance import GradientBalancer
-from sgm.modules.distillation.lora import LoRAOptions, add_lora
+from sgm.modules.distillation.lora import AdaptersOff, LoRAOptions, add_lora
 from sgm.modules.distillation.guard import NonFiniteGuard
 from sgm.modules.distillation.losses import dmd_loss
 from sgm.modules.distillation.roles import ema_network_weights
@@ -216,10 +216,20 @@ class DMDEngine(DiffusionEngine):
 
     def _add_lora(self, lora: dict) -> dict[str, LoRAOptions]:
         """Adapters on the loaded generator / critic networks (their other weights frozen), EMA over the adapters."""
+        lora = dict(lora)
+        on_teacher = bool(lora.pop("critic_on_teacher", False))  # critic = adapters on the teacher's own U-Net
         unknown = sorted(set(lora) - {"generator", "critic"})
         if unknown:
-            raise ConfigError(f"model.params.lora: unknown role(s) {unknown}; known: ['critic', 'generator']")
+            raise ConfigError(f"model.params.lora: unknown role(s) {unknown}; known: ['critic', 'critic_on_teacher', "
+                              "'generator']")
         chosen = {role: options(LoRAOptions, cfg, f"lora.{role}") for role, cfg in lora.items() if cfg is not None}
+        if on_teacher:
+            if "critic" not in chosen or getattr(self.real_score, "dtype_name", None) != "float32":
+                raise ConfigError("model.params.lora.critic_on_teacher needs lora.critic options and a float32 "
+                                  "teacher (real_score_config.params.dtype: float32)")
+            add_lora(self.real_score.model.diffusion_model, chosen.pop("critic"), "critic", seed=self.seed + 1)
+            self.fake_score.model = self.real_score.model  # one U-Net: W0 frozen, the adapters are the critic
+            self.real_score = AdaptersOff(self.real_score)  # the teacher sees W0 alone
         if "generator" in chosen:
             add_lora(self.model.diffusion_model, chosen["generator"], "generator", seed=self.seed)
             if self.use_ema:  # the shadow follows the trainable (adapter) weights

@@ -68,6 +68,35 @@ def add_lora(network: nn.Module, options: LoRAOptions, role: str, seed: int) -> 
     return network
 
 
+class AdaptersOff(nn.Module):
+    """A role evaluated with its network's adapters switched off: the frozen teacher W0 inside a network whose
+    adapters are the critic (`lora.critic_on_teacher`), so teacher and critic share one U-Net."""
+
+    def __init__(self, role: nn.Module) -> None:
+        super().__init__()
+        self.role = role
+
+    def forward(self, *args, **kwargs):
+        layers = [m for m in self.role.modules() if hasattr(m, "enable_adapters") and hasattr(m, "lora_A")]
+        flags = [(p, p.requires_grad) for layer in layers for p in layer.lora_A.parameters()] + \
+                [(p, p.requires_grad) for layer in layers for p in layer.lora_B.parameters()]
+        for layer in layers:
+            layer.enable_adapters(False)
+        try:
+            return self.role(*args, **kwargs)
+        finally:
+            for layer in layers:
+                layer.enable_adapters(True)
+            for p, flag in flags:  # peft's toggle also sets requires_grad; the optimiser toggling owns that
+                p.requires_grad_(flag)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["role"], name)
+
+
 def lora_parameter_count(network: nn.Module) -> int:
     return sum(p.numel() for name, p in network.named_parameters() if ".lora_" in name)
 
@@ -94,4 +123,4 @@ def merge_lora(state_dict: dict[str, torch.Tensor], scale: float) -> dict[str, t
     return out
 
 
-__all__ = ["LoRAOptions", "add_lora", "lora_parameter_count", "merge_lora"]
+__all__ = ["AdaptersOff", "LoRAOptions", "add_lora", "lora_parameter_count", "merge_lora"]
