@@ -74,13 +74,18 @@ def test_frozen_base_is_bit_identical_after_steps(teacher_ckpt):
     assert any(not torch.equal(v, engine.model.state_dict()[k]) for k, v in adapters.items())
 
 
-def test_lora_resume_is_exact(teacher_ckpt, tmp_path):
-    straight = build(teacher_ckpt, *LORA)
+ON_TEACHER = ("model.params.lora.critic.rank=4", "model.params.lora.critic_on_teacher=true",
+              "model.params.generator_update_interval=2")
+
+
+@pytest.mark.parametrize("overrides", [LORA, ON_TEACHER], ids=["lora", "critic_on_teacher"])
+def test_lora_resume_is_exact(teacher_ckpt, tmp_path, overrides):
+    straight = build(teacher_ckpt, *overrides)
     fit(straight, batches=10, max_steps=4)
-    first = build(teacher_ckpt, *LORA)
+    first = build(teacher_ckpt, *overrides)
     ckpt = str(tmp_path / "step2.ckpt")
     fit(first, batches=10, max_steps=2, save_to=ckpt)
-    resumed = build(teacher_ckpt, *LORA)
+    resumed = build(teacher_ckpt, *overrides)
     trainer = fit(resumed, batches=10, max_steps=4, ckpt_path=ckpt, seed=999)
     assert trainer.global_step == 4
     for name in ("model", "fake_score", "model_ema"):
