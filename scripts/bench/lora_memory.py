@@ -23,6 +23,11 @@ VARIANTS = {
                                 f"model.params.lora.generator.target_modules={TARGETS}",
                                 "model.params.lora.critic.rank={rank}", "model.params.lora.critic.alpha={rank}",
                                 f"model.params.lora.critic.target_modules={TARGETS}"],
+    "lora generator + critic on the teacher": [
+        "model.params.lora.generator.rank={rank}", "model.params.lora.generator.alpha={rank}",
+        f"model.params.lora.generator.target_modules={TARGETS}", "model.params.lora.critic.rank={rank}",
+        "model.params.lora.critic.alpha={rank}", f"model.params.lora.critic.target_modules={TARGETS}",
+        "model.params.lora.critic_on_teacher=true"],
 }
 
 
@@ -56,7 +61,7 @@ def measure(overrides: list[str], steps: int, batch_size: int) -> dict:
     count = lambda params: sum(p.numel() for p in params)  # noqa: E731
     return {"generator_trainable": count(engine.generator_parameters()),
             "critic_trainable": count(engine.critic_parameters()),
-            "all_params": count(engine.parameters()),
+            "all_params": count(engine.parameters()),  # shared modules counted once
             "optimizer_state": state,
             "rss_built_mib": rss_built / 1024, "rss_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -71,9 +76,9 @@ def main() -> None:
     if args.child is not None:
         print(json.dumps(measure(json.loads(args.child), args.steps, args.batch)))
         return
-    print("| variant | generator trainable | critic trainable | optimizer state (floats) | RSS built (MiB) "
-          "| peak RSS (MiB) |")
-    print("|---|---|---|---|---|---|")
+    print("| variant | parameters held | generator trainable | critic trainable | optimizer state (floats) "
+          "| RSS built (MiB) | peak RSS (MiB) |")
+    print("|---|---|---|---|---|---|---|")
     for name, overrides in VARIANTS.items():
         overrides = [o.format(rank=args.rank) for o in overrides]
         out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--batch", str(args.batch),
@@ -81,7 +86,7 @@ def main() -> None:
         if out.returncode:
             raise SystemExit(out.stderr[-2000:])
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {name} | {r['generator_trainable']:,} | {r['critic_trainable']:,} | {r['optimizer_state']:,} "
+        print(f"| {name} | {r['all_params']:,} | {r['generator_trainable']:,} | {r['critic_trainable']:,} | {r['optimizer_state']:,} "
               f"| {r['rss_built_mib']:.0f} | {r['rss_peak_mib']:.0f} |")
 
 
