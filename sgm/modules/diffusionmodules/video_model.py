@@ -105,8 +105,10 @@ class VideoBlocks(ImageBlocks):
     disable_temporal_crossattention: bool = False
     max_time_embed_period: int = 10000
 
+    resblock_class = VideoResBlock  # a class attribute, not a field: subclasses swap the block type
+
     def resblock(self, channels: int, out_channels: int, down: bool = False, up: bool = False) -> nn.Module:
-        return VideoResBlock(
+        return self.resblock_class(
             channels,
             self.emb_channels,
             self.dropout,
@@ -277,20 +279,7 @@ class MultiViewBlocks(VideoBlocks):
     separate_motion_mixer: bool = False
     merge_factor_motion: float = 0.5
 
-    def resblock(self, channels: int, out_channels: int, down: bool = False, up: bool = False) -> nn.Module:
-        return PostHocResBlockWithTime(
-            channels,
-            self.emb_channels,
-            self.dropout,
-            video_kernel_size=self.video_kernel_size,
-            merge_strategy=self.merge_strategy,
-            merge_factor=self.merge_factor,
-            out_channels=out_channels,
-            use_scale_shift_norm=self.use_scale_shift_norm,
-            use_checkpoint=self.use_checkpoint,
-            down=down,
-            up=up,
-        )
+    resblock_class = PostHocResBlockWithTime  # VideoResBlock under upstream's SV4D key names
 
     def attention(self, channels: int, n_heads: int, d_head: int, depth: int, level: int | None) -> nn.Module:
         return ViewMotionTransformer(
