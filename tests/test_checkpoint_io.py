@@ -160,3 +160,16 @@ def test_lightning_checkpoints_are_written_atomically_and_never_with_nan(tmp_pat
     with pytest.raises(CheckpointError, match=r"not writing .*b.ckpt: 1 weights hold NaN/inf values: w"):
         io.save_checkpoint({"state_dict": {"w": torch.tensor([float("nan")])}}, str(tmp_path / "b.ckpt"))
     assert sorted(os.listdir(tmp_path)) == ["a.ckpt"]
+
+
+def test_atomic_writes_get_the_usual_file_mode_not_mkstemps_0600(tmp_path):
+    from sgm.io.checkpoint import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "model.safetensors"
+        atomic_write(str(path), lambda f: f.write(b"weights"))
+    finally:
+        os.umask(old)
+    assert path.read_bytes() == b"weights"
+    assert (path.stat().st_mode & 0o777) == 0o644

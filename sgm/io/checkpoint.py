@@ -139,6 +139,7 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX, dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; a checkpoint gets the usual mode
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -162,6 +163,12 @@ def remove_partial_files(directory: str) -> list[str]:
         with contextlib.suppress(OSError):
             os.unlink(path)
     return stale
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _fsync_directory(directory: str) -> None:
