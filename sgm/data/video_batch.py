@@ -1,6 +1,6 @@
 """The one place an SVD-style image-to-video batch is assembled (training data, sampling script, DMD).
 
-Layout (upstream's, see UPSTREAM.md §10.2), for b clips of t frames:
+Layout (upstream's sampling and training batches), for b clips of t frames:
 
     cond_frames_without_noise  (b, C, H, W)   the conditioning image in [-1, 1] (CLIP input)
     cond_frames                (b, C, H, W)   the same image + cond_aug * noise (VAE input)
@@ -14,7 +14,7 @@ Layout (upstream's, see UPSTREAM.md §10.2), for b clips of t frames:
 Clip-level conditioning stays at b rows (the encoders run once per clip); the engine repeats it to
 the frames (`sgm.util.broadcast_cond_to_rows`).
 
-SV4D windows (`make_window_batch`, UPSTREAM.md §12.4) are b windows of t input-video frames x v novel
+SV4D windows (`make_window_batch`, the layout of upstream's SV4D sampling script) are b windows of t input-video frames x v novel
 views, rows ordered (b, t, v): each input frame is an SVD-style "clip" of v views.
 """
 from __future__ import annotations
