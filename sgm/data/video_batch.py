@@ -14,8 +14,8 @@ Layout (upstream's sampling and training batches), for b clips of t frames:
 Clip-level conditioning stays at b rows (the encoders run once per clip); the engine repeats it to
 the frames (`sgm.util.broadcast_cond_to_rows`).
 
-SV4D windows (`make_window_batch`, the layout of upstream's SV4D sampling script) are b windows of t input-video frames x v novel
-views, rows ordered (b, t, v): each input frame is an SVD-style "clip" of v views.
+SV4D windows (`make_window_batch`, the layout of upstream's SV4D sampling script) are b windows
+of t input-video frames x v novel views, rows ordered (b, t, v): each input frame is an SVD-style "clip" of v views.
 """
 from __future__ import annotations
 
