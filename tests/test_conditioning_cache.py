@@ -149,4 +149,4 @@ def test_main_distils_from_cached_conditioning(cached, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     (logdir,) = glob.glob(str(tmp_path / "*_cached"))
     assert torch.load(os.path.join(logdir, "checkpoints", "last.ckpt"), map_location="cpu",
-                      weights_only=False)["global_step"] == 2
+                      weights_only=True)["global_step"] == 2

@@ -60,11 +60,11 @@ def test_train_logs_samples_and_resume_continues_the_step_count(tmp_path):
     assert glob.glob(os.path.join(logdir, "images", "train", "samples_gs-000020*.png"))
     assert glob.glob(os.path.join(logdir, "configs", "*-project.yaml"))
     last = os.path.join(logdir, "checkpoints", "last.ckpt")
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 40
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 40
 
     out = run_main("-r", logdir, "--max_steps", "50", *SMALL)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 50
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 50
     steps = [s for s, _ in logged(logdir, "loss")]
     assert max(steps) >= 49 and len([s for s in steps if s >= 40]) >= 9  # continued from step 40
 
@@ -78,7 +78,7 @@ def test_train_logs_samples_and_resume_continues_the_step_count(tmp_path):
     config = load_config(str(tmp_path / "export" / "inference.yaml"))
     config.model.params.ckpt_path = str(tmp_path / "export" / "model.safetensors")
     engine = instantiate_from_config(config.model)  # raises on missing network keys
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
     key = "model.diffusion_model.out.2.weight"
     ema = ckpt["model_ema." + key[len("model."):].replace(".", "")]
     assert torch.allclose(engine.state_dict()[key], ema, atol=1e-3)  # fp16 round trip of the EMA weights

@@ -348,7 +348,7 @@ def test_main_fine_tunes_the_teacher_on_a_folder_of_mp4_clips(digit_clips, tmp_p
         losses = [float(r["loss"]) for r in csv.DictReader(f) if r.get("loss")]
     assert len(losses) == 4 and all(0 < v < 0.5 for v in losses), losses  # the teacher's level, not a random net's ~1
     assert glob.glob(os.path.join(logdir, "images", "train", "samples_gs-000002*.gif"))
-    ckpt = torch.load(os.path.join(logdir, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
+    ckpt = torch.load(os.path.join(logdir, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4
 
 

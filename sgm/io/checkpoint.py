@@ -118,11 +118,19 @@ def non_finite_keys(state_dict: dict[str, Any]) -> list[str]:
             and not bool(torch.isfinite(v).all())]
 
 
-def check_finite_tensors(state_dict: dict[str, Any], path: str) -> None:
+def non_finite_summary(state_dict: dict[str, Any], noun: str = "tensors") -> str | None:
+    """"N <noun> hold NaN/inf values: k1, k2, ..." for the bad tensors of `state_dict`, None when all are finite."""
     bad = non_finite_keys(state_dict)
-    if bad:
-        more = f" ... (+{len(bad) - 5} more)" if len(bad) > 5 else ""
-        raise CheckpointError(f"{path}: {len(bad)} tensors hold NaN/inf values: {', '.join(bad[:5])}{more}")
+    if not bad:
+        return None
+    more = f" ... (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+    return f"{len(bad)} {noun} hold NaN/inf values: {', '.join(bad[:5])}{more}"
+
+
+def check_finite_tensors(state_dict: dict[str, Any], path: str) -> None:
+    summary = non_finite_summary(state_dict)
+    if summary:
+        raise CheckpointError(f"{path}: {summary}")
 
 
 TEMP_SUFFIX = ".partial"  # temp files of atomic writes: .<name>.<random>.partial beside the target
