@@ -15,7 +15,7 @@ from sgm.util import instantiate_from_config
 
 ROOT = Path(__file__).parents[1]
 DATA = Path(__file__).parent / "data"
-UPSTREAM_CONFIGS = ROOT.parent / "shared" / "reference" / "configs" / "scripts" / "sampling" / "configs"
+UPSTREAM_CONFIGS = ROOT / "tests" / "data" / "configs"  # upstream's SV4D sampling configs, copied into the repo
 NAMES = ["sv4d", "sv4d2", "sv4d2_8views"]
 FACTS = json.loads((DATA / "golden" / "golden.json").read_text())["_facts"]
 

@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 from sgm.modules.diffusionmodules.video_model import SpatialUNetModelWithTime
 from sgm.modules.spacetime_attention import ViewMotionTransformer
 from sgm.util import ConfigError
+from test_video_unet import assert_network_matches_manifest
 
 DATA = Path(__file__).parent / "data"
-UPSTREAM_CONFIGS = Path(__file__).parents[2] / "shared" / "reference" / "configs" / "scripts" / "sampling" / "configs"
-NETWORK_PREFIX = "model.diffusion_model."
+UPSTREAM_CONFIGS = DATA / "configs"  # upstream's SV4D sampling configs, copied so a clean clone has them
 FIXTURES = ["sv4d_unet_tiny", "sv4d2_unet_tiny_3d", "sv4d2_unet_tiny_no3d"]
 
 
@@ -130,16 +130,7 @@ def test_released_networks_match_upstream_manifests():
         config = OmegaConf.load(UPSTREAM_CONFIGS / f"{name}.yaml").model.params.network_config
         with torch.device("meta"):
             net = SpatialUNetModelWithTime(**config.params)
-        manifest = json.loads((DATA / "manifests" / f"{name}.json").read_text())
-        expected = {
-            key[len(NETWORK_PREFIX):]: tuple(shape)
-            for key, shape in manifest["state_dict"].items()
-            if key.startswith(NETWORK_PREFIX)
-        }
-        actual = {key: tuple(value.shape) for key, value in net.state_dict().items()}
-        assert sorted(set(expected) - set(actual)) == [] and sorted(set(actual) - set(expected)) == [], name
-        assert actual == expected, name
-        assert sum(p.numel() for p in net.parameters()) == manifest["params_by_top_prefix"]["model"], name
+        assert_network_matches_manifest(net, name)
 
 
 def test_bad_inputs_and_unsupported_upstream_variants_name_the_culprit():
