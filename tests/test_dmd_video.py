@@ -101,13 +101,11 @@ def test_svd_dmd_overlays(name, frames, scales, steps, gan):
 
 
 # ------------------------------------------------------------------------------ tiny, in process
-def test_video_generator_loss_per_clip_sigmas_per_frame_cfg_and_mask(teacher_file):
-    engine = build(teacher_file)
-    batch = video_batch()
-    mask = torch.ones(B, T)
-    mask[:, 0] = 0  # the first frame is the known conditioning frame
-    batch["dmd_mask"] = mask
+def generator_step_with_grads(engine, batch: dict):
+    """One generator loss + backward with the teacher's inputs recorded and the generated x0's gradient kept.
 
+    -> the step's log, `seen` (the teacher's x, sigma, cond, uc and kwargs), the generator's x0 (its `.grad`
+    filled) and the teacher's own forward (to re-run it unguided)."""
     seen, x0s = {}, []
     teacher_forward, rollout = engine.real_score.forward, engine.rollout
 
@@ -126,9 +124,20 @@ def test_video_generator_loss_per_clip_sigmas_per_frame_cfg_and_mask(teacher_fil
     loss, log = engine.generator_loss(batch)
     loss.backward()
     assert torch.isfinite(loss) and all(math.isfinite(float(v)) for v in log.values())
+    (x0,) = x0s
+    return log, seen, x0, teacher_forward
+
+
+def test_video_generator_loss_per_clip_sigmas_per_frame_cfg_and_mask(teacher_file):
+    engine = build(teacher_file)
+    batch = video_batch()
+    mask = torch.ones(B, T)
+    mask[:, 0] = 0  # the first frame is the known conditioning frame
+    batch["dmd_mask"] = mask
+
+    log, seen, x0, teacher_forward = generator_step_with_grads(engine, batch)
     assert log["dmd/gap"] > 0 and log["dmd/normalizer"] > 0
 
-    (x0,) = x0s
     assert x0.shape == (B * T, 3, 16, 16)  # video-shaped: one row per frame
     grad = fold_frames(x0.grad, T)  # (B, T, 3, 16, 16)
     assert torch.all(grad[:, 0] == 0) and torch.all(grad[:, 1:].flatten(2).abs().sum(-1) > 0)

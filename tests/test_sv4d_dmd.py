@@ -1,6 +1,5 @@
 """DMD2 on the SV4D toy (configs/dmd/multiview_digits_dmd.yaml): every role sees cond_view, the
 teacher's uc zeroes it, and the reference frame's views take no DMD gradient."""
-import math
 import os
 
 import pytest
@@ -9,6 +8,7 @@ import torch
 from sgm.config import load_configs
 from sgm.data.multiview_digits import MultiViewDigitsDataModule
 from sgm.util import instantiate_from_config
+from test_dmd_video import generator_step_with_grads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER = os.path.join(ROOT, "configs/example_training/toy/multiview_digits_sv4d2.yaml")
@@ -41,25 +41,7 @@ def test_generator_and_critic_losses_on_windows_with_reference_views(teacher_fil
     torch.manual_seed(1)
     batch = next(iter(data.train_dataloader()))
 
-    seen, x0s = {}, []
-    teacher_forward, rollout = engine.real_score.forward, engine.rollout
-
-    def record_teacher(x, sigma, cond, uc=None, **kwargs):
-        seen.update(cond=cond, uc=uc)
-        return teacher_forward(x, sigma, cond, uc=uc, **kwargs)
-
-    def keep_x0(inputs, stream):
-        x0, exit_step = rollout(inputs, stream)
-        if x0.requires_grad:
-            x0.retain_grad()
-            x0s.append(x0)
-        return x0, exit_step
-
-    engine.real_score.forward, engine.rollout = record_teacher, keep_x0
-    loss, log = engine.generator_loss(batch)
-    loss.backward()
-    assert torch.isfinite(loss) and all(math.isfinite(float(v)) for v in log.values())
-    (x0,) = x0s
+    _, seen, x0, _ = generator_step_with_grads(engine, batch)  # asserts a finite loss and log
     grad = x0.grad.view(T, V, -1).abs().sum(-1)  # rows (t, v) of the one window
     assert grad[0].eq(0).all() and grad[1:].gt(0).all()  # frame 0's views are the given cond_view
     assert seen["cond"]["cond_view"].any() and not seen["uc"]["cond_view"].any()

@@ -67,6 +67,11 @@ def test_state_dict_matches_upstream_manifest(name):
     assert config.target == "sgm.modules.diffusionmodules.video_model.VideoUNet"
     with torch.device("meta"):
         net = VideoUNet(**config.params)
+    assert_network_matches_manifest(net, name)
+
+
+def assert_network_matches_manifest(net: torch.nn.Module, name: str) -> None:
+    """The network's keys, shapes and parameter count equal the released model's (tests/data/manifests)."""
     manifest = json.loads((DATA / "manifests" / f"{name}.json").read_text())
     expected = {
         key[len(NETWORK_PREFIX):]: tuple(shape)
@@ -74,9 +79,9 @@ def test_state_dict_matches_upstream_manifest(name):
         if key.startswith(NETWORK_PREFIX)
     }
     actual = {key: tuple(value.shape) for key, value in net.state_dict().items()}
-    assert sorted(set(expected) - set(actual)) == [] and sorted(set(actual) - set(expected)) == []
-    assert actual == expected
-    assert sum(p.numel() for p in net.parameters()) == manifest["params_by_top_prefix"]["model"]
+    assert sorted(set(expected) - set(actual)) == [] and sorted(set(actual) - set(expected)) == [], name
+    assert actual == expected, name
+    assert sum(p.numel() for p in net.parameters()) == manifest["params_by_top_prefix"]["model"], name
 
 
 @pytest.mark.parametrize("strategy", ["fixed", "learned", "learned_with_images"])
