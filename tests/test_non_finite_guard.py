@@ -53,3 +53,25 @@ def test_a_nan_teacher_skips_every_generator_step_and_stops_the_run(teacher_ckpt
     assert all(torch.isfinite(v).all() for k, v in engine.state_dict().items()
                if v.is_floating_point() and not k.startswith("real_score."))  # nothing else went NaN
     assert engine.non_finite_guard.skipped == {"generator": 3, "critic": 0}
+
+
+def test_skip_counts_survive_a_resume(teacher_ckpt, tmp_path):
+    """skipped/<role> and the run of skips in a row continue from the checkpoint instead of restarting at 0."""
+    overrides = ("model.params.generator_update_interval=1", "model.params.max_non_finite_steps=5")
+
+    def nan_teacher():
+        engine = build(teacher_ckpt, *overrides)
+        with torch.no_grad():
+            engine.real_score.model.diffusion_model.out[-1].bias.fill_(float("nan"))
+        return engine
+
+    first, ckpt = nan_teacher(), str(tmp_path / "step3.ckpt")
+    fit(first, batches=8, max_steps=3, save_to=ckpt)
+    assert first.non_finite_guard.skipped == {"generator": 3, "critic": 0}
+    assert torch.load(ckpt, weights_only=True)["non_finite_guard"]["skipped"] == {"generator": 3, "critic": 0}
+    resumed = nan_teacher()
+    fit(resumed, batches=8, max_steps=4, ckpt_path=ckpt)
+    assert resumed.non_finite_guard.skipped == {"generator": 4, "critic": 0}
+    assert resumed.non_finite_guard.in_a_row["generator"] == 4
+    with pytest.raises(NonFiniteError, match="stopping at step 4: 5 generator steps in a row"):  # 3 + 2, not 2
+        fit(nan_teacher(), batches=8, max_steps=8, ckpt_path=ckpt)

@@ -410,11 +410,14 @@ class DMDEngine(DiffusionEngine):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["non_finite_guard"] = self.non_finite_guard.state_dict()  # skipped/<role> goes on counting
         if not self.init_options.save_teacher_weights:
             for key in [k for k in checkpoint["state_dict"] if k.startswith("real_score.")]:
                 del checkpoint["state_dict"][key]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "non_finite_guard" in checkpoint:  # absent from checkpoints written before the counts were saved
+            self.non_finite_guard.load_state_dict(checkpoint["non_finite_guard"])
         for key, value in self.real_score.state_dict().items():  # reloaded from the teacher file
             checkpoint["state_dict"].setdefault("real_score." + key, value)
 

@@ -1,6 +1,7 @@
 """Non-finite guard for the DMD optimiser steps: a step whose loss or gradient norm is NaN/inf is
 skipped (the weights and optimiser state stay as they were), counted per role (`skipped/<role>`), and
-`max_in_a_row` such steps in a row stop the run with the role and the first non-finite term named."""
+`max_in_a_row` such steps in a row stop the run with the role and the first non-finite term named.
+The counts travel in the checkpoint (`state_dict`), so a resumed run goes on counting."""
 from __future__ import annotations
 
 import math
@@ -18,7 +19,7 @@ class NonFiniteGuard:
         if max_in_a_row < 1:
             raise ValueError(f"max_in_a_row must be >= 1, got {max_in_a_row}")
         self.max_in_a_row = max_in_a_row
-        self.skipped: dict[str, int] = {}  # role -> skipped steps in this process
+        self.skipped: dict[str, int] = {}  # role -> skipped steps since the run began
         self.in_a_row: dict[str, int] = {}  # role -> current run of skipped steps
 
     @staticmethod
@@ -46,3 +47,10 @@ class NonFiniteGuard:
     def was_skipped(self, role: str) -> bool:
         """Whether the latest step of `role` was skipped."""
         return self.in_a_row.get(role, 0) > 0
+
+    def state_dict(self) -> dict:
+        return {"skipped": dict(self.skipped), "in_a_row": dict(self.in_a_row)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = {role: int(n) for role, n in state["skipped"].items()}
+        self.in_a_row = {role: int(n) for role, n in state["in_a_row"].items()}
