@@ -29,6 +29,8 @@ conditioner and the first stage. When the file holds EMA weights (`model_ema.*`)
 Training is manual optimisation, one batch = one iteration = one global step:
     every `generator_update_interval` steps   generator_loss -> generator optimiser (+ EMA update)
     every step                                critic_loss    -> critic optimiser
+With `critic_reuses_generator_sample` (DMD2's behaviour) the critic step after a generator step trains
+on that step's sample, detached, instead of rolling out the generator again.
 `global_step` counts iterations: the critic optimiser's steps go through Lightning's counter, the
 generator's through the strategy directly (precision plugin included) so they are not counted
 twice. Both optimisers and LR schedulers, the EMA, all roles, the step counter and the data order are
@@ -143,6 +145,7 @@ class DMDEngine(DiffusionEngine):
         teacher_ckpt_path: str | None = None,  # file that initialises the roles (see module doc)
         ckpt_path: str | None = None,  # generator init file (engine layout); None: the teacher
         generator_update_interval: int = 5,  # generator steps at global steps 0, k, 2k, ...
+        critic_reuses_generator_sample: bool = False,  # critic after a generator step: its detached x0, no new rollout
         generator_grad_clip: float | None = None,  # max grad norm of the generator (None: off)
         max_non_finite_steps: int = 10,  # this many skipped (NaN/inf) steps of one role in a row stop the run
         dmd_weight: float = 1.0,  # weight of the DMD loss
@@ -183,6 +186,7 @@ class DMDEngine(DiffusionEngine):
         if generator_update_interval < 1:
             raise ConfigError(f"generator_update_interval must be >= 1, got {generator_update_interval}")
         self.generator_update_interval = generator_update_interval
+        self.critic_reuses_generator_sample = critic_reuses_generator_sample
         self.grad_clips = {"generator": generator_grad_clip, "critic": self.critic_options.grad_clip}
         self.non_finite_guard = NonFiniteGuard(max_non_finite_steps)
         for key, clip in (("generator_grad_clip", generator_grad_clip), ("critic.grad_clip", self.critic_options.grad_clip)):
@@ -311,11 +315,17 @@ class DMDEngine(DiffusionEngine):
         terms.log["loss/generator"] = terms.total().detach()
         return terms
 
-    def critic_loss_terms(self, batch: dict) -> LossTerms:
-        """The critic's denoising loss on generated samples and every term's critic loss, unweighted."""
-        inputs = self.prepare_inputs(batch)
-        with torch.no_grad():
-            x0, exit_step = self.rollout(inputs, STREAM_CRITIC)  # (N, ...)
+    def critic_loss_terms(self, batch: dict, generated: GeneratorStep | None = None) -> LossTerms:
+        """The critic's denoising loss on generated samples and every term's critic loss, unweighted.
+
+        `generated`: a generator step on this batch whose sample (detached) the critic trains on (DMD2);
+        None: a rollout of its own."""
+        if generated is not None:
+            inputs, x0, exit_step = generated.inputs, generated.x0.detach(), generated.exit_step  # (N, ...)
+        else:
+            inputs = self.prepare_inputs(batch)
+            with torch.no_grad():
+                x0, exit_step = self.rollout(inputs, STREAM_CRITIC)  # (N, ...)
         sigma, noise = self.loss_fn.draw(x0, inputs.num_frames)  # (N,), (N, ...)
         loss_rows = self.loss_fn.loss(self.fake_score, x0, sigma, noise, inputs.cond, **inputs.model_kwargs)
         step = CriticStep(batch, inputs, x0, exit_step, sigma, noise, loss_rows)
@@ -325,14 +335,19 @@ class DMDEngine(DiffusionEngine):
             _add(terms, *term.critic_losses(self, step), term.critic_weights)
         return terms
 
-    def generator_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+    def generator_step_terms(self, batch: dict) -> LossTerms:
+        """`generator_loss_terms`, and the balancer's update on its steps: what one training step optimises."""
         terms = self.generator_loss_terms(batch)
         if self.balancer is not None and (self.global_step // self.generator_update_interval) % self.balancer.every == 0:
             terms.log |= self.balancer.update(terms.losses, terms.weights, self.generator_parameters())
+        return terms
+
+    def generator_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        terms = self.generator_step_terms(batch)
         return terms.total(), terms.log
 
-    def critic_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        terms = self.critic_loss_terms(batch)
+    def critic_loss(self, batch: dict, generated: GeneratorStep | None = None) -> tuple[torch.Tensor, dict]:
+        terms = self.critic_loss_terms(batch, generated)
         return terms.total(), terms.log
 
     # ------------------------------------------------------------------ optimisation
@@ -364,14 +379,16 @@ class DMDEngine(DiffusionEngine):
         generator_opt, critic_opt = self.optimizers()
         generator_sched, critic_sched = self.lr_schedulers()
         step, generator_step = self.global_step, self.is_generator_step()
-        log = {}
+        log, generated = {}, None
         if generator_step:
-            log |= self._update("generator", self.generator_loss, batch, generator_opt, generator_sched)
+            generated = self._update("generator", self.generator_step_terms, batch, generator_opt, generator_sched)
+            log |= generated.log
             for term in self.terms.values():
                 term.after_generator_step()
             if self.use_ema and not self.non_finite_guard.was_skipped("generator"):
                 self.model_ema(self.model)
-        log |= self._update("critic", self.critic_loss, batch, critic_opt, critic_sched)
+        reused = generated.step if generated is not None and self.critic_reuses_generator_sample else None
+        log |= self._update("critic", lambda b: self.critic_loss_terms(b, reused), batch, critic_opt, critic_sched).log
         log |= {"lr/generator": generator_opt.param_groups[0]["lr"], "lr/critic": critic_opt.param_groups[0]["lr"]}
         self.log("loss/critic", log["loss/critic"], prog_bar=True, logger=False)
         if generator_step or (step + 1) % self.trainer.log_every_n_steps == 0:
@@ -386,11 +403,12 @@ class DMDEngine(DiffusionEngine):
         for logger in self.loggers:
             logger.log_metrics(values, step=step)
 
-    def _update(self, role: str, loss_fn, batch: dict, opt, sched) -> dict:
-        """One optimiser step of `role`, skipped (weights and optimiser state untouched) when the loss
-        or the gradient norm is not finite; `log["skipped/<role>"]` counts the skipped steps."""
+    def _update(self, role: str, terms_fn, batch: dict, opt, sched) -> LossTerms:
+        """One optimiser step of `role` on `terms_fn(batch)`, skipped (weights and optimiser state untouched)
+        when the loss or the gradient norm is not finite; `log["skipped/<role>"]` counts the skipped steps."""
         with self.toggled_optimizer(opt):
-            loss, log = loss_fn(batch)
+            terms = terms_fn(batch)
+            loss, log = terms.total(), terms.log
             opt.zero_grad()
             self.manual_backward(loss)
             params = self.generator_parameters() if role == "generator" else self.critic_parameters()
@@ -406,7 +424,7 @@ class DMDEngine(DiffusionEngine):
                 opt.step()  # counts the iteration even when skipped (no parameter has a gradient)
         sched.step()
         log[f"skipped/{role}"] = self.non_finite_guard.record(role, culprit, self.global_step)
-        return log
+        return terms
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
