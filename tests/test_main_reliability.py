@@ -193,7 +193,7 @@ def _planted_pickle(path: str, marker: str) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [
     "type_int", "type_lr", "trainer_key", "batch_zero", "batch_too_large", "grad_clip_zero", "ema_decay",
-    "logdir_under_file", "data_typo_first", "garbage_teacher", "pickled_teacher", "nan_teacher"])
+    "logdir_under_file", "logdir_is_file", "data_typo_first", "garbage_teacher", "pickled_teacher", "nan_teacher"])
 def test_bad_inputs_fail_with_one_line_naming_the_culprit(tmp_path, case, digits_teacher):
     teacher = f"model.params.teacher_ckpt_path={digits_teacher}"
     garbage = str(tmp_path / "garbage.ckpt")
@@ -215,6 +215,7 @@ def test_bad_inputs_fail_with_one_line_naming_the_culprit(tmp_path, case, digits
                            "model.params.generator_grad_clip must be > 0 or null"),
         "ema_decay": (DIGITS, ["model.params.ema_decay_rate=1.5"], "model.params.ema_decay_rate must be in [0, 1]"),
         "logdir_under_file": (DIGITS, ["-l", os.path.join(garbage, "logs")], f"{garbage} is a file"),
+        "logdir_is_file": (DIGITS, ["-l", garbage], f"{garbage} is a file"),
         "data_typo_first": (DMD, ["model.params.teacher_ckpt_path=/no/such/teacher.ckpt", "data.params.batch_sise=8"],
                             "unexpected keyword argument 'batch_sise'"),
         "garbage_teacher": (DMD, [f"model.params.teacher_ckpt_path={garbage}"], f"cannot read checkpoint {garbage}"),

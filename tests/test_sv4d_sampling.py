@@ -116,3 +116,27 @@ def test_script_end_to_end_on_tiny_config(tmp_path, schedule):
     assert grid.shape[0] * grid.shape[1] > 3 * view.shape[0] * view.shape[1]  # input view + 4 novel views
     if fmt == "mp4":  # (a gif drops repeated frames: random-weight students output constant frames)
         assert len(iio.imread(paths[0], index=None)) == n
+
+
+@pytest.mark.parametrize("case", ["text_video", "text_frame", "size_16by16"])
+def test_bad_inputs_fail_with_one_line_naming_them(tmp_path, case):
+    """Checked before the model is built: exit status 1 and one line on stderr that names the input."""
+    import os
+    import subprocess
+
+    text = tmp_path / "notes.gif"
+    text.write_text("not a video\n")
+    folder = tmp_path / "frames"
+    write_clip(folder, 3)
+    (folder / "frame_0001_notes.png").write_text("not a frame\n")
+    args, expected = {
+        "text_video": (["--input", str(text)], f"cannot read input video {text}"),
+        "text_frame": (["--input", str(folder)], f"cannot read input frame {folder / 'frame_0001_notes.png'}"),
+        "size_16by16": (["--input", str(folder), "--size", "16by16"], "--size must be HxW in pixels"),
+    }[case]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "sampling" / "simple_video_sample_4d.py"),
+                          "--config", str(TINY), "--device", "cpu", "--output", str(tmp_path / "out"), *args],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert len(out.stderr.strip().splitlines()) == 1 and expected in out.stderr, out.stderr[-3000:]

@@ -43,3 +43,27 @@ def test_script_writes_a_video(tiny_checkpoint, tmp_path, schedule):
 def test_missing_input_is_a_clear_error(tiny_checkpoint, tmp_path):
     with pytest.raises(SystemExit, match="input image not found"):
         simple_video_sample.main(["--config", CONFIG, "--input", str(tmp_path / "nope.png"), "--device", "cpu"])
+
+
+def run_script(*args: str):
+    """The script as a user runs it: (return code, stderr)."""
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "sampling", "simple_video_sample.py"), *args],
+                         capture_output=True, text=True, timeout=300, env=env)
+    return out.returncode, out.stderr
+
+
+@pytest.mark.parametrize("case", ["text_as_png", "size_16by16"])
+def test_bad_inputs_fail_with_one_line_naming_them(tiny_checkpoint, tmp_path, case):
+    ckpt, image = tiny_checkpoint
+    text = tmp_path / "notes.png"
+    text.write_text("not an image\n")
+    if case == "text_as_png":
+        args, expected = ["--input", str(text)], f"cannot read input image {text}"
+    else:
+        args, expected = ["--input", image, "--size", "16by16"], "--size must be HxW in pixels, e.g. 576x1024; got '16by16'"
+    code, stderr = run_script("--config", CONFIG, "--ckpt", ckpt, "--device", "cpu", "--output", str(tmp_path), *args)
+    assert code != 0 and "Traceback" not in stderr, stderr[-3000:]
+    assert len(stderr.strip().splitlines()) == 1 and expected in stderr, stderr[-3000:]

@@ -84,21 +84,44 @@ def configure(config, args, dotlist: list[str]):
     return OmegaConf.merge(config, OmegaConf.from_dotlist(dotlist)), num_frames
 
 
-def load_image(path: str, channels: int, size: str | None) -> torch.Tensor:
-    """-> (1, channels, H, W) in [-1, 1]."""
+def parse_size(text: str, flag: str = "--size") -> tuple[int, int]:
+    """'HxW' -> (H, W); anything else is one error line naming the flag and the value."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"error: {flag} must be HxW in pixels, e.g. 576x1024; got {text!r}") from None
+    if height < 1 or width < 1:
+        raise SystemExit(f"error: {flag} must be HxW with H, W >= 1; got {text!r}")
+    return height, width
+
+
+def read_image_file(path: str, what: str = "image", index: int | None = 0) -> np.ndarray:
+    """Pixels of an image (index 0) or every frame of a video/GIF (index None); a missing or unreadable
+    file is one error line naming it."""
     import imageio.v3 as iio
 
     if not os.path.isfile(path):
-        raise SystemExit(f"error: input image not found: {path}")
-    image = np.asarray(iio.imread(path), dtype=np.float32) / 255.0
+        raise SystemExit(f"error: input {what} not found: {path}")
+    try:
+        return np.asarray(iio.imread(path, index=index))
+    except Exception as error:  # each imageio plugin raises its own types for a file it cannot decode
+        detail = str(error).strip().splitlines()[0][:100] if str(error).strip() else ""
+        raise SystemExit(f"error: cannot read input {what} {path} ({type(error).__name__}"
+                         f"{': ' + detail if detail else ''})") from None
+
+
+def load_image(path: str, channels: int, size: tuple[int, int] | None) -> torch.Tensor:
+    """-> (1, channels, H, W) in [-1, 1], resized to `size` (H, W) when given."""
+    image = read_image_file(path).astype(np.float32) / 255.0
     if image.ndim == 2:
         image = image[..., None]
+    if image.ndim != 3:
+        raise SystemExit(f"error: {path} is not a single image (pixel array of shape {image.shape})")
     image = torch.from_numpy(image[..., :3]).permute(2, 0, 1)[None]  # (1, c, H, W)
     if image.shape[1] != channels:
         image = image.mean(1, keepdim=True).repeat(1, channels, 1, 1)
     if size:
-        h, w = (int(v) for v in size.lower().split("x"))
-        image = torch.nn.functional.interpolate(image, size=(h, w), mode="bicubic", align_corners=False)
+        image = torch.nn.functional.interpolate(image, size=size, mode="bicubic", align_corners=False)
     return image.clamp(0, 1) * 2.0 - 1.0
 
 
@@ -138,9 +161,10 @@ def sample_video(engine, image: torch.Tensor, num_frames: int, args) -> torch.Te
 
 def main(argv: list[str] | None = None) -> str:
     args, dotlist = get_parser().parse_known_args(argv)
+    # every SVD-family model takes RGB frames; a bad input or --size fails before the model is built
+    image = load_image(args.input, 3, parse_size(args.size) if args.size else None)
     config, num_frames = configure(load_configs([args.config]), args, dotlist)
     engine = instantiate_from_config(config.model).to(args.device).eval()
-    image = load_image(args.input, 3, args.size)  # every SVD-family model takes RGB frames
     frames = sample_video(engine, image, num_frames, args)
     os.makedirs(args.output, exist_ok=True)
     stem = os.path.splitext(os.path.basename(args.input))[0]

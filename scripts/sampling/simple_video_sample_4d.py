@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import sgm  # noqa: E402,F401  (torchvision shim before Lightning)
-from simple_video_sample import configure  # noqa: E402
+from simple_video_sample import configure, parse_size, read_image_file  # noqa: E402
 from sgm.io.media import save_video_grid  # noqa: E402
 from sgm.config import load_configs  # noqa: E402
 from sgm.data.video_batch import SV4D_UC_ZERO_KEYS, make_window_batch  # noqa: E402
@@ -66,23 +66,26 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_video(path: str, n_frames: int, size: str) -> torch.Tensor:
-    """-> (n, 3, H, W) in [-1, 1]: the first n frames (the last one repeated if the video is shorter)."""
-    import imageio.v3 as iio
-
+def read_frames(path: str) -> list[np.ndarray]:
+    """Every frame of a video/GIF file or of a folder of images; a missing, empty or unreadable input is
+    one error line naming the file."""
     if os.path.isdir(path):
         names = sorted(f for f in os.listdir(path) if f.lower().endswith((".png", ".jpg", ".jpeg")))
-        frames = [np.asarray(iio.imread(os.path.join(path, f))) for f in names]
+        frames = [read_image_file(os.path.join(path, f), "frame") for f in names]
     elif os.path.isfile(path):
-        frames = list(iio.imread(path, index=None))
+        frames = list(read_image_file(path, "video", index=None))
     else:
         raise SystemExit(f"error: input not found: {path}")
-    if not frames:
+    if not frames or frames[0].ndim not in (2, 3):
         raise SystemExit(f"error: no frames in {path}")
+    return frames
+
+
+def to_video(frames: list[np.ndarray], n_frames: int, size: tuple[int, int]) -> torch.Tensor:
+    """-> (n, 3, H, W) in [-1, 1]: the first n frames (the last one repeated if the video is shorter)."""
     frames = (frames + [frames[-1]] * n_frames)[:n_frames]
     video = torch.stack([torch.from_numpy(_rgb(f)) for f in frames]).permute(0, 3, 1, 2)  # (n, 3, h, w)
-    h, w = (int(v) for v in size.lower().split("x"))
-    video = torch.nn.functional.interpolate(video, size=(h, w), mode="bicubic", align_corners=False)
+    video = torch.nn.functional.interpolate(video, size=size, mode="bicubic", align_corners=False)
     return video.clamp(0, 1) * 2.0 - 1.0
 
 
@@ -207,18 +210,21 @@ def run_anchor_dense(engine, video, views, polar, azimuth, T, args) -> torch.Ten
 def main(argv: list[str] | None = None) -> list[str]:
     args, dotlist = get_parser().parse_known_args(argv)
     args.num_frames = None  # configure() keeps the guider's T*V rows
+    size = parse_size(args.size)  # inputs and --size fail before the model is built
+    frames = read_frames(args.input)
+    ref_frames = read_frames(args.ref_views) if args.ref_views else None
     config, _ = configure(load_configs([args.config]), args, dotlist)
     engine = instantiate_from_config(config.model).to(args.device).eval()
     T, V = window_shape(engine)
     schedule = args.schedule or ("anchor_dense" if args.ref_views else "windows")
     polar, azimuth = cameras(V, args.elevation_deg, args.azimuths_deg, relative_polar=schedule == "windows")
-    video = read_video(args.input, args.n_frames, args.size).to(args.device)  # (n, 3, H, W)
+    video = to_video(frames, args.n_frames, size).to(args.device)  # (n, 3, H, W)
     views = video[:, None].repeat(1, V, 1, 1, 1)  # (n, V, 3, H, W), filled in below
     with torch.no_grad():
         if schedule == "anchor_dense":
-            if not args.ref_views:
+            if ref_frames is None:
                 raise SystemExit("error: the anchor-then-dense schedule needs --ref_views (frame 0's novel views)")
-            views[0] = read_video(args.ref_views, V, args.size).to(args.device)
+            views[0] = to_video(ref_frames, V, size).to(args.device)
             views = run_anchor_dense(engine, video, views, polar, azimuth, T, args)
         else:
             views = run_windows(engine, video, views, polar, azimuth, T, args)
