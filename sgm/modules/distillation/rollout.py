@@ -30,6 +30,8 @@ GeneratorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, sigma 
 
 STREAM_GENERATOR = 0  # exit-step streams: the generator loss and the critic loss draw separately
 STREAM_CRITIC = 1
+STREAM_GENERATOR_CHUNK = 2  # chunk-index streams of the chained rollout (chain.py), one per loss
+STREAM_CRITIC_CHUNK = 3
 
 
 def few_step_indices(num_steps: int, num_idx: int) -> list[int]:
@@ -64,17 +66,30 @@ class FewStepDiscretization(Discretization):
         return self.sigmas.to(device)
 
 
+def draw_synced_index(
+    n: int,  # draw from 0..n-1
+    global_step: int,  # the trainer's step counter
+    seed: int = 0,  # run seed
+    stream: int = STREAM_GENERATOR,  # which draw (STREAM_*: 0..7)
+) -> int:
+    """i ~ U{0..n-1} from a generator seeded by (seed, global_step, stream): the same on every rank and
+    after a resume, whatever the global RNG holds."""
+    if not 0 <= int(stream) < 8:
+        raise ValueError(f"stream must be in 0..7, got {stream}")
+    if n == 1:
+        return 0
+    generator = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(global_step)) * 8 + int(stream))
+    return int(torch.randint(n, (1,), generator=generator))
+
+
 def draw_exit_step(
     num_steps: int,  # K
     global_step: int,  # the trainer's step counter
     seed: int = 0,  # run seed
     stream: int = STREAM_GENERATOR,  # which loss draws
 ) -> int:
-    """Exit step k ~ U{0..K-1} from a generator seeded by (seed, global_step, stream)."""
-    if num_steps == 1:
-        return 0
-    generator = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(global_step)) * 8 + int(stream))
-    return int(torch.randint(num_steps, (1,), generator=generator))
+    """Exit step k ~ U{0..K-1} (`draw_synced_index`)."""
+    return draw_synced_index(num_steps, global_step, seed, stream)
 
 
 def renoise(x0_hat: torch.Tensor, next_sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -104,9 +119,12 @@ def backward_simulation(
 __all__ = [
     "FewStepDiscretization",
     "STREAM_CRITIC",
+    "STREAM_CRITIC_CHUNK",
     "STREAM_GENERATOR",
+    "STREAM_GENERATOR_CHUNK",
     "backward_simulation",
     "draw_exit_step",
+    "draw_synced_index",
     "few_step_indices",
     "few_step_sigmas",
     "renoise",
