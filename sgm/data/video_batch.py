@@ -73,6 +73,51 @@ def make_video_batch(
     return batch
 
 
+# Entries of a `make_video_batch` batch that hold one value per frame, rebuilt by `recondition_video_batch`.
+PER_FRAME_CONDITIONING = ("fps_id", "motion_bucket_id", "cond_aug", "polars_rad", "azimuths_rad")
+
+
+def recondition_video_batch(
+    batch: dict,  # an SVD batch of b clips (make_video_batch's layout)
+    cond_image: torch.Tensor,  # (b, C, H, W) in [-1, 1]: the new conditioning image per clip
+    num_frames: int | None = None,  # t of the new batch; None: the batch's num_video_frames
+    generator: torch.Generator | None = None,  # for the new cond_aug noise
+) -> dict:
+    """The same clips conditioned on another image (chained generation: the last frame of the previous chunk),
+    on cond_image's device.
+
+    Kept from `batch`, per clip: fps_id, motion_bucket_id and the cond_aug level (each clip's first
+    frame's value), the SV3D cameras (per frame, so only at the same t), and every other tensor with one
+    entry per clip (labels such as `cls`, `speed`). New: cond_frames_without_noise = cond_image, cond_frames =
+    cond_image + cond_aug * fresh noise (gradients flow through both), image_only_indicator. Left out:
+    entries with one row per frame of the old clips (target frames, frame masks): they describe
+    another chunk.
+    """
+    clips, old_t = cond_image.shape[0], int(batch["num_video_frames"])
+    t = old_t if num_frames is None else int(num_frames)
+    per_frame = {}
+    for key in PER_FRAME_CONDITIONING:
+        if key not in batch:
+            continue
+        value = torch.as_tensor(batch[key]).reshape(clips, old_t)  # (b, t_old)
+        if key in ("polars_rad", "azimuths_rad"):
+            if t != old_t:
+                raise ValueError(f"'{key}' holds one camera per frame of {old_t}-frame clips; "
+                                 f"it cannot be kept for {t} frames")
+            per_frame[key] = value.flatten()  # ((b t),)
+        else:
+            per_frame[key] = value[:, 0]  # (b,) one value per clip
+    out = make_video_batch(cond_image, t, fps_id=per_frame.get("fps_id"),
+                           motion_bucket_id=per_frame.get("motion_bucket_id"),
+                           cond_aug=per_frame.get("cond_aug", 0.0), polars_rad=per_frame.get("polars_rad"),
+                           azimuths_rad=per_frame.get("azimuths_rad"), generator=generator)
+    out = {k: v.to(cond_image.device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+    for key, value in batch.items():  # per-clip labels ride along
+        if key not in out and isinstance(value, torch.Tensor) and value.shape == (clips,) and old_t > 1:
+            out[key] = value
+    return out
+
+
 # Conditioner inputs whose embeddings the unconditional branch of SV4D's CFG zeroes (§12.4).
 SV4D_UC_ZERO_KEYS = ("cond_frames", "cond_frames_without_noise", "cond_view", "cond_motion")
 
