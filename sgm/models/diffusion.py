@@ -133,8 +133,9 @@ class DiffusionEngine(pl.LightningModule):
             z = torch.cat([self.first_stage_model.encode(c) for c in x.split(size)])
         return self.scale_factor * z
 
-    @torch.no_grad()
     def decode_first_stage(self, z: torch.Tensor, num_video_frames: int | None = None) -> torch.Tensor:
+        """Latents -> pixels. The decoder is frozen: a graph is built only when z carries a gradient (a DMD
+        chain's conditioning frame with chain.grad_into_cond), and that gradient reaches z alone."""
         z = z / self.scale_factor
         size = self._chunks(z.shape[0], num_video_frames)
         with self._first_stage_autocast():

@@ -9,7 +9,8 @@ A conditioner turns a batch (a dict of tensors/lists) into the conditioning dict
 Each entry of `emb_models` is `{target, params}` plus conditioner-level keys:
 
     input_key | input_keys   batch key(s) fed to the embedder (one of the two is required)
-    is_trainable             default False: the embedder is frozen and runs under no_grad
+    is_trainable             default False: the embedder is frozen and runs under no_grad (a gradient
+                             its inputs carry still flows through to them)
     ucg_rate                 default 0.0: probability of dropping the embedding (classifier-free guidance)
     legacy_ucg_value         if set, dropping replaces the *input* rows by this value instead
     output_key               optional (ours): send the outputs to this key instead of routing by rank;
@@ -161,11 +162,15 @@ class GeneralConditioner(nn.Module):
         # 1. Embed. outputs[i] = [(key, tensor), ...] for embedder i.
         outputs = []
         for index, embedder in enumerate(self.embedders):
-            grad_context = nullcontext() if embedder.is_trainable else torch.no_grad()
-            with grad_context:
-                embedded = self._cached_output(embedder, batch)
-                if embedded is None:
-                    embedded = embedder(*self._embedder_inputs(index, embedder, batch))
+            embedded = self._cached_output(embedder, batch)
+            if embedded is None:
+                inputs = self._embedder_inputs(index, embedder, batch)
+                # a frozen embedder builds no graph, unless an input carries a gradient (a DMD chain's
+                # self-generated conditioning frame): that gradient flows through, its weights get none
+                passes_grad = embedder.is_trainable or any(isinstance(v, torch.Tensor) and v.requires_grad
+                                                           for v in inputs)
+                with nullcontext() if passes_grad else torch.no_grad():
+                    embedded = embedder(*inputs)
             if not isinstance(embedded, (list, tuple)):
                 embedded = [embedded]
             keys = [self._output_key(index, embedder, emb, i) for i, emb in enumerate(embedded)]
