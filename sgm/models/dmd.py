@@ -21,6 +21,10 @@ generator's terms toward target gradient ratios (sgm/modules/distillation/balanc
 `generator_loss_terms(batch)` and `critic_loss_terms(batch)` return every loss unweighted, with graph,
 so the diagnostics read each term's gradient from one forward pass.
 
+`chain` (ChainOptions, sgm/modules/distillation/chain.py; None: off) is Self-Forcing for chained
+image-to-video generation: each loss trains on chunk k (drawn) of the generator's own chain, conditioned
+on the last frame of chunk k-1, with teacher and critic conditioned alike (`training_chunk`).
+
 `teacher_ckpt_path` (one file, e.g. a released SVD checkpoint or a digits teacher's last.ckpt)
 initialises every role that has no file of its own: the teacher, the critic (unless
 `init.critic_from_teacher: False`), the generator (unless `ckpt_path` names another file), the
@@ -48,7 +52,9 @@ from torch import nn
 from sgm.io.checkpoint import load_weights, read_state_dict, select_prefix
 from sgm.models.diffusion import DiffusionEngine
 from sgm.modules.diffusionmodules.loss import frames_per_clip, per_clip_sigmas
+from sgm.data.video_batch import recondition_video_batch
 from sgm.modules.distillation.balance import GradientBalancer
+from sgm.modules.distillation.chain import ChainOptions, draw_chunk, given_frame_mask, run_chain
 from sgm.modules.distillation.lora import AdaptersOff, LoRAOptions, add_lora
 from sgm.modules.distillation.guard import NonFiniteGuard
 from sgm.modules.distillation.losses import dmd_loss
@@ -57,7 +63,16 @@ from sgm.modules.distillation.rollout import STREAM_CRITIC, STREAM_GENERATOR, ba
 from sgm.modules.distillation.sampler import FewStepSampler
 from sgm.modules.distillation.terms import CriticStep, DMDInputs, DMDTerm, GeneratorStep, LossTerms
 from sgm.modules.ema import LitEma
-from sgm.util import ConfigError, append_dims, broadcast_cond_to_rows, default, freeze, instantiate_from_config
+from sgm.strategies import clip_grad_norm, full_parameters
+from sgm.util import (
+    ConfigError,
+    append_dims,
+    broadcast_cond_to_rows,
+    default,
+    fold_frames,
+    freeze,
+    instantiate_from_config,
+)
 
 DEFAULT_OPTIMIZER = {"target": "torch.optim.AdamW", "params": {"betas": [0.0, 0.999], "weight_decay": 0.0}}
 DEFAULT_DMD_SIGMAS = {  # the teacher's EDM schedule, indices 2%..98% (losses.RestrictedDiscreteSampling)
@@ -155,6 +170,7 @@ class DMDEngine(DiffusionEngine):
         inputs: dict | InputOptions | None = None,  # InputOptions
         balance: dict | None = None,  # balance.GradientBalancer params ({targets: {term: ratio}, ...}); None: off
         lora: dict | None = None,  # {generator: LoRAOptions, critic: LoRAOptions} (lora.py); None: full weights
+        chain: dict | ChainOptions | None = None,  # ChainOptions (chain.py): Self-Forcing's chained rollout; None: off
         seed: int = 0,  # seeds the exit-step draws (with the global step)
         **engine_kwargs: Any,  # DiffusionEngine's: loss_fn_config (the critic's), optimizer_config, ...
     ):
@@ -182,6 +198,7 @@ class DMDEngine(DiffusionEngine):
         self.critic_options = options(CriticOptions, critic, "critic")
         self.init_options = options(InitOptions, init, "init")
         self.input_options = options(InputOptions, inputs, "inputs")
+        self.chain_options = options(ChainOptions, chain, "chain") if chain is not None else None
         self.balancer = _balancer(balance)
         if generator_update_interval < 1:
             raise ConfigError(f"generator_update_interval must be >= 1, got {generator_update_interval}")
@@ -248,11 +265,14 @@ class DMDEngine(DiffusionEngine):
         return {**state_dict, **ema} if ema is not None else state_dict
 
     # ------------------------------------------------------------------ inputs, rollout, noising
-    def prepare_inputs(self, batch: dict) -> DMDInputs:
-        with torch.no_grad():
+    def prepare_inputs(self, batch: dict, latent_shape: tuple | None = None) -> DMDInputs:
+        """Conditions and latent shape of a batch. latent_shape: per row; None: inputs.latent_shape, else
+        the encoded batch[input_key]. The frozen conditioner passes on only gradients the batch carries."""
+        wants_grad = any(isinstance(v, torch.Tensor) and v.requires_grad for v in batch.values())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and wants_grad):
             c, uc = self.conditioner.get_unconditional_conditioning(
                 batch, force_uc_zero_embeddings=default(self.input_options.uc_keys, self._embedder_input_keys()))
-        latent_shape = self.input_options.latent_shape
+        latent_shape = default(latent_shape, self.input_options.latent_shape)
         if latent_shape is not None:
             rows = max(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.ndim > 0)
             shape = (rows, *latent_shape)
@@ -272,6 +292,42 @@ class DMDEngine(DiffusionEngine):
         exit_step = draw_exit_step(len(sigmas), self.global_step, self.seed, stream)
         noise = torch.randn(inputs.shape, device=self.device)  # (N, ...)
         return backward_simulation(self.generator_fn(inputs), sigmas, noise, exit_step), exit_step
+
+    def sample_chunk(self, batch: dict, latent_shape: tuple) -> torch.Tensor:
+        """One chunk of the generator's chain: its full few-step sampling with the training weights, decoded
+        -> frames (b, t, C, H, W). Only the last step can carry a gradient (when grad is enabled)."""
+        inputs = self.prepare_inputs(batch, latent_shape)
+        sigmas = self.sampler.generator_sigmas(device=self.device)  # (K,)
+        noise = torch.randn(inputs.shape, device=self.device)  # (N, ...)
+        x0 = backward_simulation(self.generator_fn(inputs), sigmas, noise, len(sigmas) - 1)  # (N, ...)
+        frames = self.decode_first_stage(x0, num_video_frames=inputs.num_frames)  # (N, C, H, W)
+        return fold_frames(frames, inputs.num_frames)  # (b, t, C, H, W)
+
+    def training_chunk(self, batch: dict, stream: int) -> tuple[dict, DMDInputs, int]:
+        """The batch and inputs a loss trains on, and the chunk's index: the data's own (0), or with `chain`
+        chunk k of the generator's own chain (k drawn per step and loss; chain.py), its given frames masked."""
+        inputs = self.prepare_inputs(batch)
+        chain = self.chain_options
+        if chain is None or not chain.enabled:
+            return batch, inputs, 0
+        k = draw_chunk(chain.num_chunks, self.global_step, self.seed, stream)
+        num_frames, latent_shape = default(chain.chunk_frames, inputs.num_frames), inputs.shape[1:]
+        first = batch
+        if num_frames != inputs.num_frames:  # chunk 0 from the data's conditioning frame, at the chunk length
+            first = recondition_video_batch(batch, batch["cond_frames_without_noise"], num_frames)
+
+        def sample(chunk: dict, index: int) -> torch.Tensor:  # chunks 0..k-1; grad only into chunk k's frame
+            with torch.set_grad_enabled(torch.is_grad_enabled() and chain.grad_into_cond and index == k - 1):
+                return self.sample_chunk(chunk, latent_shape)
+
+        _, chunk = run_chain(sample, first, k, num_frames=num_frames)
+        mask_key = self.input_options.mask_key
+        clips = chunk["cond_frames_without_noise"].shape[0]
+        mask = given_frame_mask(clips, num_frames, chain.given_frames, chunk.get(mask_key))  # ((b t),)
+        if chunk is batch:  # the data's own chunk: its conditions as they are
+            return {**chunk, mask_key: mask.to(self.device)}, inputs, k
+        chunk = {**chunk, mask_key: mask.to(self.device)}
+        return chunk, self.prepare_inputs(chunk, latent_shape), k
 
     def noised(self, x0: torch.Tensor, inputs: DMDInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t = x0 + sigma * eps with one DMD-loss sigma per clip -> (x_t, sigma (N,))."""
@@ -295,18 +351,20 @@ class DMDEngine(DiffusionEngine):
     # ------------------------------------------------------------------ the two losses
     def generator_loss_terms(self, batch: dict) -> LossTerms:
         """DMD (eq. 7-8) and every term's generator loss, unweighted, with graph. No grad reaches the critic."""
-        inputs = self.prepare_inputs(batch)
+        chunk, inputs, chunk_index = self.training_chunk(batch, STREAM_GENERATOR)
         x0, exit_step = self.rollout(inputs, STREAM_GENERATOR)  # (N, ...) with grad
         x_t, sigma = self.noised(x0.detach(), inputs)
-        with torch.no_grad():
+        with torch.no_grad():  # teacher and critic under the chunk's own (self-generated) conditioning
             pred_real = self.real_score(x_t, sigma, inputs.cond, uc=inputs.uc, **inputs.model_kwargs)
             pred_fake = self.fake_score(x_t, sigma, inputs.cond, **inputs.model_kwargs)
-        loss_dmd, stats = dmd_loss(x0, pred_real, pred_fake, inputs.num_frames, batch.get(self.input_options.mask_key))
+        loss_dmd, stats = dmd_loss(x0, pred_real, pred_fake, inputs.num_frames, chunk.get(self.input_options.mask_key))
         step = GeneratorStep(batch, inputs, x0, exit_step, x_t, sigma, pred_real, pred_fake)
         log = {"loss/dmd": loss_dmd.mean().detach(), "dmd/normalizer": stats.normalizer.mean(),
                "dmd/grad_abs_mean": stats.grad.abs().mean(), "dmd/gap": (pred_real - pred_fake).abs().mean(),
                "dmd/sigma_mean": sigma.mean(), "dmd/exit_step": float(exit_step),
                "gen/x0_mean": x0.detach().mean(), "gen/x0_std": x0.detach().std()}
+        if self.chain_options is not None:
+            log["chain/chunk"] = float(chunk_index)
         terms = LossTerms({"dmd": loss_dmd.mean()}, {"dmd": self.dmd_weight}, log, step)
         for term in self.terms.values():
             _add(terms, *term.generator_losses(self, step), term.generator_weights)
@@ -323,8 +381,8 @@ class DMDEngine(DiffusionEngine):
         if generated is not None:
             inputs, x0, exit_step = generated.inputs, generated.x0.detach(), generated.exit_step  # (N, ...)
         else:
-            inputs = self.prepare_inputs(batch)
-            with torch.no_grad():
+            with torch.no_grad():  # (with `chain`: chunk k of the generator's own chain, k drawn for the critic)
+                _, inputs, _ = self.training_chunk(batch, STREAM_CRITIC)
                 x0, exit_step = self.rollout(inputs, STREAM_CRITIC)  # (N, ...)
         sigma, noise = self.loss_fn.draw(x0, inputs.num_frames)  # (N,), (N, ...)
         loss_rows = self.loss_fn.loss(self.fake_score, x0, sigma, noise, inputs.cond, **inputs.model_kwargs)
@@ -386,7 +444,8 @@ class DMDEngine(DiffusionEngine):
             for term in self.terms.values():
                 term.after_generator_step()
             if self.use_ema and not self.non_finite_guard.was_skipped("generator"):
-                self.model_ema(self.model)
+                with full_parameters(self.model, self.trainer.strategy):  # gathered from the shards under FSDP
+                    self.model_ema(self.model)
         reused = generated.step if generated is not None and self.critic_reuses_generator_sample else None
         log |= self._update("critic", lambda b: self.critic_loss_terms(b, reused), batch, critic_opt, critic_sched).log
         log |= {"lr/generator": generator_opt.param_groups[0]["lr"], "lr/critic": critic_opt.param_groups[0]["lr"]}
@@ -413,7 +472,7 @@ class DMDEngine(DiffusionEngine):
             self.manual_backward(loss)
             params = self.generator_parameters() if role == "generator" else self.critic_parameters()
             max_norm = default(self.grad_clips[role], float("inf"))
-            log[f"grad/{role}"] = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            log[f"grad/{role}"] = clip_grad_norm(params, max_norm, self.trainer.strategy)  # global norm under FSDP
             culprit = self.non_finite_guard.culprit(log, float(log[f"grad/{role}"]))
             if culprit is not None:  # gradients are all-reduced: every rank skips alike
                 opt.zero_grad(set_to_none=True)  # optimisers pass over parameters without gradients
@@ -496,4 +555,4 @@ def _add(terms: LossTerms, losses: dict, log: dict, weights: dict) -> None:
     terms.log.update(log)
 
 
-__all__ = ["CriticOptions", "DMDEngine", "DMDInputs", "InitOptions", "InputOptions"]
+__all__ = ["ChainOptions", "CriticOptions", "DMDEngine", "DMDInputs", "InitOptions", "InputOptions"]
