@@ -9,6 +9,9 @@
     python scripts/sampling/simple_video_sample.py \
         --config configs/example_training/toy/moving_digits_svd.yaml --ckpt logs/<run>/checkpoints/last.ckpt \
         --input digit.png --format gif
+    # a longer video in 4 chunks, each conditioned on the previous chunk's last frame (teacher or student)
+    python scripts/sampling/simple_video_sample.py --config student.yaml --ckpt student.safetensors \
+        --input image.png --chunks 4
 
 The batch is assembled by `sgm.data.video_batch.make_video_batch`; which micro-conditionings are
 sent (fps_id, motion_bucket_id, polars_rad, azimuths_rad) follows the config's conditioner.
@@ -30,6 +33,7 @@ import sgm  # noqa: E402,F401  (torchvision shim before Lightning)
 from sgm.io.media import save_video_grid  # noqa: E402
 from sgm.config import load_configs  # noqa: E402
 from sgm.data.video_batch import make_video_batch  # noqa: E402
+from sgm.modules.distillation.chain import run_chain  # noqa: E402
 from sgm.util import get_obj_from_str, instantiate_from_config  # noqa: E402
 
 # Conditioner inputs that are images, zeroed in the unconditional branch (upstream's sampling).
@@ -53,6 +57,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--elevation_deg", type=float, default=10.0, help="SV3D_p: camera elevation")
     p.add_argument("--decoding_t", type=int, default=14, help="frames decoded at a time")
     p.add_argument("--seed", type=int, default=23)
+    p.add_argument("--chunks", type=int, default=1,
+                   help="chained generation: N chunks of num_frames, chunk i+1 conditioned on chunk i's last frame; "
+                        "the output holds all N x num_frames frames")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--format", choices=("mp4", "gif"), default="mp4")
     p.add_argument("--fps", type=int, default=7, help="frames per second of the output file")
@@ -137,7 +144,7 @@ def input_keys(engine) -> set[str]:
 
 
 def sample_video(engine, image: torch.Tensor, num_frames: int, args) -> torch.Tensor:
-    """-> ((t), C, H, W) frames in [-1, 1]."""
+    """-> ((chunks t), C, H, W) frames in [-1, 1]: args.chunks chained chunks (1: one clip)."""
     keys = input_keys(engine)
     polars, azimuths = sv3d_camera(num_frames, args.elevation_deg) if "azimuths_rad" in keys else (None, None)
     batch = make_video_batch(
@@ -147,16 +154,24 @@ def sample_video(engine, image: torch.Tensor, num_frames: int, args) -> torch.Te
         cond_aug=args.cond_aug, polars_rad=polars, azimuths_rad=azimuths,
         generator=torch.Generator().manual_seed(args.seed))
     batch = {k: v.to(engine.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    with torch.no_grad():
+    engine.en_and_decode_n_samples_a_time = args.decoding_t
+
+    def sample_chunk(chunk: dict, index: int) -> torch.Tensor:  # -> (1, t, C, H, W)
         c, uc = engine.conditioner.get_unconditional_conditioning(
-            batch, force_uc_zero_embeddings=[k for k in IMAGE_COND_KEYS if k in keys])
+            chunk, force_uc_zero_embeddings=[k for k in IMAGE_COND_KEYS if k in keys])
         if "concat" not in c:
             raise SystemExit("error: the model has no concat conditioning to take the latent size from")
         shape = (engine.model.diffusion_model.out_channels, *c["concat"].shape[-2:])
-        torch.manual_seed(args.seed)
+        if index == 0:
+            torch.manual_seed(args.seed)
         latents = engine.sample(c, uc=uc, batch_size=num_frames, shape=shape, num_video_frames=num_frames)
-        engine.en_and_decode_n_samples_a_time = args.decoding_t
-        return engine.decode_first_stage(latents, num_video_frames=num_frames)
+        return engine.decode_first_stage(latents, num_video_frames=num_frames)[None]
+
+    if args.chunks < 1:
+        raise SystemExit(f"error: --chunks must be >= 1, got {args.chunks}")
+    with torch.no_grad():  # later chunks' cond_aug noise: its own stream, so chunk 1 is the same for any --chunks
+        chunks, _ = run_chain(sample_chunk, batch, args.chunks, generator=torch.Generator().manual_seed(args.seed + 1))
+    return torch.cat(chunks, dim=1)[0]  # ((chunks t), C, H, W)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -168,8 +183,8 @@ def main(argv: list[str] | None = None) -> str:
     frames = sample_video(engine, image, num_frames, args)
     os.makedirs(args.output, exist_ok=True)
     stem = os.path.splitext(os.path.basename(args.input))[0]
-    path = os.path.join(args.output, f"{stem}_{num_frames}f.{args.format}")
-    save_video_grid(frames.cpu(), num_frames, path, fps=args.fps)
+    path = os.path.join(args.output, f"{stem}_{frames.shape[0]}f.{args.format}")
+    save_video_grid(frames.cpu(), frames.shape[0], path, fps=args.fps)
     print(f"wrote {path}")
     return path
 
