@@ -8,6 +8,10 @@ themselves are scored the same way as the reference row.
 
 Used by the `MovingDigitsEvaluation` callback (the embedded default run) and by
 `scripts/bench/distill_moving_digits.py`.
+
+Chained generation (`evaluate_chain`, used by `scripts/bench/chain_moving_digits.py`): N chunks per
+held-out clip, chunk 1 conditioned on the clip's first frame, chunk i+1 on chunk i's last frame
+(`sgm.modules.distillation.chain.run_chain`), each chunk scored on its own (see `evaluate_chain`).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from sgm.evaluation.engines import network_evaluations, sampler_steps
+from sgm.modules.distillation.chain import run_chain
 
 UC_KEYS = ["cond_frames", "cond_frames_without_noise"]  # zeroed for the unconditional branch (SVD sampling)
 METRICS = [  # (key, column title, format, better)
@@ -29,6 +34,13 @@ METRICS = [  # (key, column title, format, better)
     ("speed_error", "speed err. px", "{:.2f}", "lower"),
     ("accel", "accel. px", "{:.2f}", "lower"),
     ("center_motion", "motion px/frame", "{:.2f}", "closer to real"),
+]
+CHAIN_METRICS = [  # (key, column title, format) of the per-chunk table
+    ("frame_accuracy", "frame acc.", "{:.3f}"),
+    ("frame_fd", "frame FD", "{:.2f}"),
+    ("identity_consistency", "identity", "{:.3f}"),
+    ("speed_error", "speed err. px", "{:.2f}"),
+    ("first_frame_error", "cond. frame err.", "{:.3f}"),
 ]
 
 
@@ -69,6 +81,24 @@ def _clip_slice(batch: dict, start: int, stop: int, num_frames: int) -> dict:
     return out
 
 
+def _sample_rows(engine, batch: dict, num_frames: int, shape: tuple, num_steps: int | None,
+                 clips_per_call: int) -> torch.Tensor:
+    """Clips (b, t, C, H, W) in [-1, 1] for an SVD batch of b clips, `clips_per_call` clips per sampling call,
+    from the global RNG."""
+    clips = batch["cond_frames"].shape[0]
+    out = []
+    for first in range(0, clips, clips_per_call):
+        last = min(first + clips_per_call, clips)
+        part = {k: v.to(engine.device) if isinstance(v, torch.Tensor) else v
+                for k, v in _clip_slice(batch, first, last, num_frames).items()}
+        c, uc = engine.conditioner.get_unconditional_conditioning(part, force_uc_zero_embeddings=UC_KEYS)
+        rows = (last - first) * num_frames
+        z = engine.sample(c, uc=uc, batch_size=rows, shape=shape, num_steps=num_steps, num_video_frames=num_frames)
+        x = engine.decode_first_stage(z, num_video_frames=num_frames)
+        out.append(x.float().clamp(-1, 1).cpu().view(last - first, num_frames, *x.shape[1:]))
+    return torch.cat(out)
+
+
 @torch.no_grad()
 def sample_clips(
     engine,  # a DiffusionEngine (teacher, its own sampler) or a DMDEngine (student, few-step sampler)
@@ -78,22 +108,74 @@ def sample_clips(
     chunk: int = 32,  # clips per sampling call
 ) -> tuple[torch.Tensor, float]:
     """-> clips (b, t, C, H, W) in [-1, 1] (EMA weights when the engine has them), seconds per clip."""
-    t = heldout.num_frames
     shape = tuple(heldout.clips.shape[2:])  # the first stage is the identity on this task
     torch.manual_seed(seed)
-    out, start = [], time.perf_counter()
+    start = time.perf_counter()
     with engine.ema_scope("evaluation"):
-        for first in range(0, heldout.clips.shape[0], chunk):
-            last = min(first + chunk, heldout.clips.shape[0])
-            batch = {k: v.to(engine.device) if isinstance(v, torch.Tensor) else v
-                     for k, v in _clip_slice(heldout.batch, first, last, t).items()}
-            c, uc = engine.conditioner.get_unconditional_conditioning(batch, force_uc_zero_embeddings=UC_KEYS)
-            rows = (last - first) * t
-            z = engine.sample(c, uc=uc, batch_size=rows, shape=shape, num_steps=num_steps, num_video_frames=t)
-            x = engine.decode_first_stage(z, num_video_frames=t)
-            out.append(x.float().clamp(-1, 1).cpu().view(last - first, t, *x.shape[1:]))
-    seconds = (time.perf_counter() - start) / heldout.clips.shape[0]
-    return torch.cat(out), seconds
+        clips = _sample_rows(engine, heldout.batch, heldout.num_frames, shape, num_steps, chunk)
+    return clips, (time.perf_counter() - start) / heldout.clips.shape[0]
+
+
+@torch.no_grad()
+def sample_chain(
+    engine,  # any image-to-video engine: a teacher (its own sampler) or a student
+    heldout: HeldoutSet,
+    num_chunks: int,  # N chunks of t frames per clip
+    num_steps: int | None = None,  # sampler steps; None: the sampler's own
+    seed: int = 0,  # noise seed: chunk 1 draws exactly what `sample_clips` draws
+    clips_per_call: int = 32,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """N chained chunks per held-out clip -> per chunk, clips (b, t, C, H, W) in [-1, 1] and the conditioning
+    frames (b, C, H, W) they were given (chunk 1: the clips' first frames; chunk i+1: chunk i's last frame)."""
+    t, shape = heldout.num_frames, tuple(heldout.clips.shape[2:])
+    conds = []
+
+    def sample_chunk(batch: dict, index: int) -> torch.Tensor:
+        conds.append(batch["cond_frames_without_noise"].float().cpu())
+        return _sample_rows(engine, batch, t, shape, num_steps, clips_per_call)
+
+    torch.manual_seed(seed)
+    with engine.ema_scope("evaluation"):  # later chunks' cond_aug noise: a stream of its own
+        chunks, _ = run_chain(sample_chunk, heldout.batch, num_chunks, generator=torch.Generator().manual_seed(seed))
+    return chunks, conds
+
+
+def evaluate_chain(engine, heldout: HeldoutSet, name: str, num_chunks: int, num_steps: int | None = None,
+                   seed: int = 0) -> tuple[list[dict], list[torch.Tensor]]:
+    """Per-chunk rows ({model, chunk (1..N), steps, metrics}) of N chained chunks per held-out clip, and the clips.
+
+    Held-out trajectories exist for t frames only, so no metric compares a chunk with real frames of its own
+    time span; each is defined without them (`sgm.metrics.moving_digits.evaluate_clips`):
+    - frame_accuracy: the chunk's frames classified as the held-out clip's digit class (the digit must survive
+      the chain, whatever the chunk);
+    - frame_fd: FD of the chunk's b*t digit crops against the held-out digits' statistics, the same reference
+      for every chunk (it never used the clips' frames);
+    - identity_consistency: one digit throughout the chunk (no label needed);
+    - speed_error: against the held-out speed |vx| + |vy|, which reflections keep, so it holds for any chunk;
+    - first_frame_error: |frame 0 - the chunk's conditioning frame|: chunk 1 against the real first frame,
+      chunk i+1 against chunk i's last frame (how faithfully the chain joins);
+    - center_motion and accel as usual, within the chunk.
+    Compare rows at equal n (FD is biased at small n).
+    """
+    from sgm.metrics.moving_digits import evaluate_clips
+
+    chunks, conds = sample_chain(engine, heldout, num_chunks, num_steps=num_steps, seed=seed)
+    steps = num_steps or sampler_steps(engine.sampler)
+    rows = []
+    for index, (clips, cond) in enumerate(zip(chunks, conds)):
+        metrics = evaluate_clips(clips, heldout.labels, speeds=heldout.speeds, cond=cond)
+        rows.append({"model": name, "chunk": index + 1, "steps": steps} | metrics)
+    return rows, chunks
+
+
+def chain_table(rows: list[dict]) -> str:
+    """Markdown table of `evaluate_chain` rows (any number of models)."""
+    head = "| model | chunk | " + " | ".join(title for _, title, _ in CHAIN_METRICS) + " |"
+    lines = [head, "|---|---:|" + "---:|" * len(CHAIN_METRICS)]
+    for r in rows:
+        cells = [r["model"], str(r["chunk"])] + [fmt.format(r[key]) for key, _, fmt in CHAIN_METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def score(clips: torch.Tensor, heldout: HeldoutSet) -> dict:
