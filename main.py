@@ -4,6 +4,7 @@
     python main.py --base cfg.yaml --dry-run              # build, print parameter counts, exit
     python main.py -r logs/<run dir>                       # resume from its last checkpoint
     python main.py --base cfg.yaml lightning.trainer.max_steps=100   # dot-list overrides
+    python main.py --base cfg.yaml --accumulate_grad_batches 2       # any pl.Trainer argument as --<name>
 
 Configs given to --base merge left to right, then dot-list overrides. The run directory
 `<logdir>/<timestamp>_<name>/` holds `configs/` (the resolved config), `checkpoints/`,
@@ -20,6 +21,7 @@ import sys
 import sgm  # noqa: F401  (torchvision shim before Lightning is imported)
 from sgm.callbacks.image_logger import ImageLogger  # noqa: F401  (configs name `main.ImageLogger`)
 from sgm.callbacks.setup import SetupCallback  # noqa: F401  (and `main.SetupCallback`)
+from sgm.trainer_flags import add_trainer_flags, check_trainer_value, given_trainer_flags, trainer_parameters
 
 MODEL_SECTIONS = ("model", "data")
 
@@ -56,7 +58,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--debug", default=None, help="no crash checkpoint; wandb offline", **flag)
     p.add_argument("-s", "--seed", type=int, default=None, help="seed of the run (default 23)")
     p.add_argument("-f", "--postfix", type=str, default="", help="appended to the run name")
-    p.add_argument("--projectname", type=str, default=None, help="wandb project (default sgm-dmd)")
+    p.add_argument("-p", "--project", "--projectname", dest="project", type=str, default=None,
+                   help="project the run is filed under in wandb (default sgm-dmd); --projectname: upstream's name")
     p.add_argument("-l", "--logdir", type=str, default="logs", help="root of run directories")
     p.add_argument("--scale_lr", default=None, help="LR x accumulation x devices x batch size", **flag)
     p.add_argument("--legacy_naming", default=False, help="run name from the config file name only", **flag)
@@ -67,23 +70,15 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume_from_checkpoint", type=str, default=None, help="checkpoint for trainer.fit")
     p.add_argument("--dry-run", dest="dry_run", default=False,
                    help="build everything on the meta device, print parameter counts, exit", **flag)
-    # Common Trainer settings; any other Trainer argument: lightning.trainer.<name>=<value>
-    p.add_argument("--accelerator", type=str, default=None)
-    p.add_argument("--devices", type=str, default=None)
-    p.add_argument("--num_nodes", type=int, default=None)
-    p.add_argument("--max_steps", type=int, default=None)
-    p.add_argument("--max_epochs", type=int, default=None)
-    p.add_argument("--precision", type=str, default=None)
-    p.add_argument("--strategy", type=str, default=None)
+    add_trainer_flags(p)  # --accelerator, --devices, --max_steps, --accumulate_grad_batches, ...
     return p
 
 
 # Command-line settings that are not config keys, with their defaults; saved in the run directory
-# (configs/<time>-cli.yaml) and restored by -r unless given again. Trainer flags (TRAINER_FLAGS) are
+# (configs/<time>-cli.yaml) and restored by -r unless given again. Trainer flags (sgm.trainer_flags) are
 # saved in the lightning config instead.
-CLI_SETTINGS = {"seed": 23, "debug": False, "projectname": "sgm-dmd", "scale_lr": False, "enable_tf32": False,
+CLI_SETTINGS = {"seed": 23, "debug": False, "project": "sgm-dmd", "scale_lr": False, "enable_tf32": False,
                 "wandb": False, "tensorboard": False}
-TRAINER_FLAGS = ("accelerator", "devices", "num_nodes", "max_steps", "max_epochs", "precision", "strategy")
 
 
 def split_overrides(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
@@ -200,15 +195,12 @@ def load_config(paths: list[str], dotlist: list[str]):
     return load_configs(paths, dotlist)
 
 
-def trainer_options(opt: argparse.Namespace, lightning_config) -> dict:
-    """lightning.trainer merged with the CLI; GPU device lists fall back to the CPU when none is present."""
+def trainer_options(lightning_config) -> dict:
+    """lightning.trainer (with the Trainer flags in it); GPU device lists fall back to the CPU when none is present."""
     import torch
     from omegaconf import OmegaConf
 
     options = OmegaConf.to_container(lightning_config.get("trainer", OmegaConf.create()), resolve=True)
-    for key in ("accelerator", "devices", "num_nodes", "max_steps", "max_epochs", "precision", "strategy"):
-        if getattr(opt, key) is not None:
-            options[key] = getattr(opt, key)
     devices = options.get("devices")
     if isinstance(devices, str) and "," in devices:  # upstream writes GPU ids as "0," or "0,1"
         options["devices"] = [int(d) for d in devices.split(",") if d.strip()]
@@ -279,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = split_overrides(argv, parser)
     opt, unknown = parser.parse_known_args(args)
     dotlist = check_overrides(unknown + overrides)
+    try:
+        trainer_flags = given_trainer_flags(opt)
+    except ValueError as error:
+        raise CliError(str(error))
     if opt.name and opt.resume:
         raise CliError("-n/--name and -r/--resume cannot be combined")
 
@@ -295,9 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     cli_settings = apply_cli_settings(opt, saved_settings)
     config = load_config(opt.base, dotlist)
     lightning_config = config.pop("lightning", OmegaConf.create())
-    for key in TRAINER_FLAGS:  # saved with the lightning config, so -r trains toward the same target
-        if getattr(opt, key) is not None:
-            OmegaConf.update(lightning_config, f"trainer.{key}", getattr(opt, key), force_add=True)
+    for key, value in trainer_flags.items():  # saved with the lightning config, so -r trains toward the same target
+        OmegaConf.update(lightning_config, f"trainer.{key}", value, force_add=True)
     if "model" not in config:
         raise CliError("config has no 'model' section")
 
@@ -329,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    trainer_opts = trainer_options(opt, lightning_config)
+    trainer_opts = trainer_options(lightning_config)
     ckptdir, cfgdir = os.path.join(logdir, "checkpoints"), os.path.join(logdir, "configs")
     if "data" not in config:
         raise CliError("config has no 'data' section (needed for training)")
@@ -393,11 +388,17 @@ def check_run_inputs(config, trainer_opts: dict, logdir: str, base_lr) -> None:
     if batch_size < 1:
         raise CliError(f"data.params.batch_size must be >= 1, got {batch_size}")
     known = inspect.signature(pl.Trainer.__init__).parameters
-    for key in trainer_opts:
+    checked = trainer_parameters()  # all but what main.py builds itself (logger, callbacks, ...)
+    for key, value in trainer_opts.items():
         if key not in known:
             close = difflib.get_close_matches(key, list(known), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise CliError(f"lightning.trainer.{key} is not a Trainer argument{hint}")
+        if key in checked:
+            try:
+                check_trainer_value(f"lightning.trainer.{key}", value, known[key].annotation)
+            except ValueError as error:
+                raise CliError(str(error))
     folder = os.path.abspath(logdir)
     while folder != os.path.dirname(folder):
         if os.path.exists(folder) and not os.path.isdir(folder):
@@ -418,7 +419,7 @@ def make_loggers(opt, logdir: str, nowname: str, lightning_config) -> list:
 
         os.environ.setdefault("WANDB_MODE", "offline")
         os.makedirs(logdir, exist_ok=True)
-        loggers.append(WandbLogger(name=nowname, save_dir=logdir, project=opt.projectname, id=nowname,
+        loggers.append(WandbLogger(name=nowname, save_dir=logdir, project=opt.project, id=nowname,
                                    offline=os.environ["WANDB_MODE"] == "offline"))
     return loggers
 
