@@ -1,6 +1,8 @@
 """Writes what people look at: sample grids as PNG, and GIF/MP4 for video batches.
 
-Files go to `<run dir>/images/<split>/<key>_gs-<step>_e-<epoch>_b-<batch>.{png,gif,mp4}`.
+Files go to `<run dir>/images/<split>/<key>_gs-<step>_e-<epoch>_b-<batch>.{png,gif,mp4}`; the same grids
+reach the run's TensorBoard and wandb loggers under `<split>/<key>` (TensorBoard: an image, or for a video
+the animated GIF that its `add_video` writes; wandb: `wandb.Image` / `wandb.Video` of the file).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 
 from sgm.callbacks.setup import run_dir
-from sgm.io.media import save_image_grid, save_video_grid
+from sgm.io.media import encode_gif, image_grid, video_grid, write_image, write_video
 
 
 class ImageLogger(pl.Callback):
@@ -61,7 +63,7 @@ class ImageLogger(pl.Callback):
 
     @rank_zero_only
     def log_local(self, save_dir: str, split: str, images: dict, batch: dict, step: int, epoch: int,
-                  batch_idx: int) -> None:
+                  batch_idx: int, loggers: list | tuple = ()) -> None:
         root = os.path.join(save_dir, "images", split)
         os.makedirs(root, exist_ok=True)
         num_frames = batch.get("num_video_frames")
@@ -69,9 +71,15 @@ class ImageLogger(pl.Callback):
         for key, value in images.items():
             stem = os.path.join(root, f"{key}_gs-{step:06}_e-{epoch:06}_b-{batch_idx:06}")
             if num_frames and value.shape[0] % num_frames == 0 and value.shape[0] > 1:
-                path = save_video_grid(value, num_frames, f"{stem}.{self.video_format}", self.fps, self.rescale)
+                video = video_grid(value, num_frames, self.rescale)  # (t, H, W, 3) uint8
+                path = write_video(video, f"{stem}.{self.video_format}", self.fps)
+                for logger in loggers:
+                    send_video(logger, f"{split}/{key}", video, path, step, self.fps)
             else:
-                path = save_image_grid(value, f"{stem}.png", n_rows=n_rows, rescale=self.rescale)
+                grid = image_grid(value, n_rows, self.rescale)  # (H, W, 3) uint8
+                path = write_image(grid, f"{stem}.png")
+                for logger in loggers:
+                    send_image(logger, f"{split}/{key}", grid, step)
             self.saved.append(path)
 
     def log_img(self, pl_module: pl.LightningModule, batch: dict, batch_idx: int, split: str = "train") -> None:
@@ -88,7 +96,7 @@ class ImageLogger(pl.Callback):
                 value = images[key][: self.max_images * frames].detach().float().cpu()
                 images[key] = value.clamp(-1.0, 1.0) if self.clamp else value
         self.log_local(run_dir(pl_module.trainer), split, images, batch, pl_module.global_step,
-                       pl_module.current_epoch, batch_idx)
+                       pl_module.current_epoch, batch_idx, pl_module.trainer.loggers)
         if was_training:
             pl_module.train()
 
@@ -101,3 +109,31 @@ class ImageLogger(pl.Callback):
                              batch_idx: int) -> None:
         if self.log_before_first_step and pl_module.global_step == 0:
             self.log_img(pl_module, batch, batch_idx, split="train")
+
+
+def send_image(logger: Any, tag: str, grid: np.ndarray, step: int) -> None:
+    """One (H, W, 3) uint8 grid to a TensorBoard or wandb logger; other loggers (CSV) take no images."""
+    from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_image(tag, grid, step, dataformats="HWC")
+    elif isinstance(logger, WandbLogger):
+        logger.log_image(key=tag, images=[grid], step=step)
+
+
+def send_video(logger: Any, tag: str, video: np.ndarray, path: str, step: int, fps: int) -> None:
+    """One (t, H, W, 3) uint8 grid animation to a TensorBoard or wandb logger.
+
+    TensorBoard: the summary `SummaryWriter.add_video` writes (an image summary holding an animated GIF),
+    encoded here, because torch's add_video needs moviepy < 2 (`moviepy.editor`) and without it logs
+    nothing. wandb: the file just written (GIF or MP4), which wandb.Video reads without moviepy."""
+    from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+
+    if isinstance(logger, TensorBoardLogger):
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        t, height, width, channels = video.shape
+        image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=encode_gif(video, fps))
+        logger.experiment.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+    elif isinstance(logger, WandbLogger):
+        logger.log_video(key=tag, videos=[path], step=step)  # the file's own frame rate and format

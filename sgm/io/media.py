@@ -36,11 +36,30 @@ def make_grid(frames: np.ndarray, n_rows: int | None = None, pad: int = 2) -> np
     return grid
 
 
-def save_image_grid(images: torch.Tensor, path: str, n_rows: int | None = None, rescale: bool = True) -> str:
+def image_grid(images: torch.Tensor, n_rows: int | None = None, rescale: bool = True) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> one (H', W', 3) uint8 grid."""
+    return make_grid(to_uint8(images, rescale), n_rows)
+
+
+def video_grid(
+    frames: torch.Tensor,  # ((b t), C, H, W) in [-1, 1]
+    num_frames: int,  # t
+    rescale: bool = True,
+) -> np.ndarray:
+    """All clips side by side: frame k of the result is the grid of every clip's frame k -> (t, H', W', 3) uint8."""
+    clips = fold_frames(torch.from_numpy(to_uint8(frames, rescale)), num_frames).numpy()  # (b, t, H, W, 3)
+    return np.stack([make_grid(clips[:, k]) for k in range(num_frames)])  # (t, H', W', 3)
+
+
+def encode_gif(video: np.ndarray, fps: int) -> bytes:
+    """(t, H, W, 3) uint8 -> the bytes of a looping GIF (files, and TensorBoard's animated images)."""
     import imageio.v3 as iio
 
-    iio.imwrite(path, make_grid(to_uint8(images, rescale), n_rows))
-    return path
+    return iio.imwrite("<bytes>", video, extension=".gif", duration=1000 / fps, loop=0)
+
+
+def save_image_grid(images: torch.Tensor, path: str, n_rows: int | None = None, rescale: bool = True) -> str:
+    return write_image(image_grid(images, n_rows, rescale), path)
 
 
 def save_video_grid(
@@ -50,17 +69,30 @@ def save_video_grid(
     fps: int = 6,
     rescale: bool = True,
 ) -> str:
-    """All clips side by side in one animation: frame k of the file is the grid of every clip's frame k."""
+    """All clips side by side in one animation (`video_grid`)."""
+    return write_video(video_grid(frames, num_frames, rescale), path, fps)
+
+
+def write_image(grid: np.ndarray, path: str) -> str:
+    """(H, W, 3) uint8 -> PNG (or what the suffix names)."""
     import imageio.v3 as iio
 
-    clips = fold_frames(torch.from_numpy(to_uint8(frames, rescale)), num_frames).numpy()  # (b, t, H, W, 3)
-    video = np.stack([make_grid(clips[:, k]) for k in range(num_frames)])  # (t, H', W', 3)
+    iio.imwrite(path, grid)
+    return path
+
+
+def write_video(video: np.ndarray, path: str, fps: int) -> str:
+    """(t, H, W, 3) uint8 -> .gif or .mp4 (H.264, sizes cut to even)."""
+    import imageio.v3 as iio
+
     if path.endswith(".gif"):
-        iio.imwrite(path, video, duration=1000 / fps, loop=0)
+        with open(path, "wb") as f:
+            f.write(encode_gif(video, fps))
     else:
         video = video[:, : video.shape[1] // 2 * 2, : video.shape[2] // 2 * 2]  # even sizes for H.264
         iio.imwrite(path, video, fps=fps, codec="libx264")
     return path
 
 
-__all__ = ["make_grid", "save_image_grid", "save_video_grid", "to_uint8"]
+__all__ = ["encode_gif", "image_grid", "make_grid", "save_image_grid", "save_video_grid", "to_uint8", "video_grid",
+           "write_image", "write_video"]
