@@ -57,12 +57,20 @@ class SetupCallback(pl.Callback):
             logger.save()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        """Keep the state of a failed run in its own file; last.ckpt stays the last good one."""
-        if self.debug or trainer.global_step == 0 or not trainer.is_global_zero:
+        """Keep the state of a failed run in its own file; last.ckpt stays the last good one.
+
+        Every rank calls `trainer.save_checkpoint`, as Lightning's OnExceptionCheckpoint does: it is a
+        collective (FSDP gathers the shards, every strategy ends it with a barrier), so a rank-0-only call
+        would wait forever or write a partial state; the strategy decides which rank writes, through the
+        trainer's checkpoint I/O (AtomicCheckpointIO: atomic, never with NaN/inf weights). The exception
+        must reach every rank: SIGTERM does (Lightning's launcher forwards it), as do Ctrl-C in a terminal
+        (the whole process group) and an error in the shared training step."""
+        if self.debug or trainer.global_step == 0:  # the same answer on every rank
             return
         path = os.path.join(self.ckptdir, f"crash-step={trainer.global_step:08}.ckpt")
         try:
             trainer.save_checkpoint(path)
-            print(f"saved the state at the failure to {path}")
+            if trainer.is_global_zero:
+                print(f"saved the state at the failure to {path}")
         except Exception as error:  # never mask the original failure
-            print(f"could not save a crash checkpoint: {error}")
+            print(f"rank {trainer.global_rank}: could not save a crash checkpoint: {error}")
