@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sgm  # noqa: E402,F401
-from sgm.io.checkpoint import read_state_dict  # noqa: E402
+from sgm.io.checkpoint import atomic_save_safetensors, read_state_dict  # noqa: E402
 
 INFERENCE_TARGET = "sgm.models.diffusion.DiffusionEngine"
 TIME_ID_EMBEDDER = "sgm.modules.encoders.modules.ConcatTimestepEmbedderND"
@@ -158,7 +158,6 @@ export_to_video(frames, "student.mp4", fps=7)
 def export_diffusers(run_config, weights: dict[str, torch.Tensor], out: str, source: str) -> str:
     """config.json + diffusion_pytorch_model.safetensors + README.md for diffusers."""
     from omegaconf import OmegaConf
-    from safetensors.torch import save_file
 
     from sgm.modules.diffusionmodules import diffusers_keys
 
@@ -173,7 +172,7 @@ def export_diffusers(run_config, weights: dict[str, torch.Tensor], out: str, sou
     mapped = diffusers_keys.to_diffusers(network_weights, diffusers_keys.network_layout(params))
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "diffusion_pytorch_model.safetensors")
-    save_file(mapped, path, metadata={"format": "pt", "source": source})
+    atomic_save_safetensors(mapped, path, metadata={"format": "pt", "source": source})
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     scaling = run_config.model.params.denoiser_config.params.scaling_config.target
@@ -194,7 +193,6 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
 
     from omegaconf import OmegaConf
-    from safetensors.torch import save_file
 
     from sgm.config import load_configs
 
@@ -210,7 +208,7 @@ def main(argv: list[str] | None = None) -> str:
         return path
     os.makedirs(args.out, exist_ok=True)
     weights_path = os.path.join(args.out, "model.safetensors")
-    save_file(weights, weights_path, metadata={"source": os.path.abspath(ckpt), "ema": str(args.ema)})
+    atomic_save_safetensors(weights, weights_path, metadata={"source": os.path.abspath(ckpt), "ema": str(args.ema)})
     OmegaConf.save(inference_config(run_config), os.path.join(args.out, "inference.yaml"))
     print(f"wrote {weights_path} ({len(weights)} tensors, {'EMA' if args.ema else 'live'} "
           f"generator weights) and {os.path.join(args.out, 'inference.yaml')}")

@@ -80,12 +80,11 @@ def train_classifier(
 
 
 def save_classifier(model: DigitClassifier, path: str | Path, description: str) -> None:
-    """safetensors with one metadata entry (several would be written in hash order, not stably)."""
-    from safetensors.torch import save_file
+    """safetensors with one metadata entry (several would be written in hash order, not stably), atomically."""
+    from sgm.io.checkpoint import atomic_save_safetensors
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"training": description})
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    atomic_save_safetensors(state, str(path), metadata={"training": description})
 
 
 def main() -> None:

@@ -173,3 +173,37 @@ def test_atomic_writes_get_the_usual_file_mode_not_mkstemps_0600(tmp_path):
         os.umask(old)
     assert path.read_bytes() == b"weights"
     assert (path.stat().st_mode & 0o777) == 0o644
+
+
+def test_tensor_files_we_write_are_safetensors_written_atomically(tmp_path):
+    from safetensors import safe_open
+
+    from sgm.io.checkpoint import atomic_save_safetensors
+
+    path = str(tmp_path / "model.safetensors")
+    atomic_save_safetensors({"w": torch.ones(2, 3).t(), "cls": torch.arange(4)}, path, metadata={"ema": "True"})
+    with safe_open(path, framework="pt") as f:  # non-contiguous input is written, metadata kept
+        assert f.metadata() == {"ema": "True"} and torch.equal(f.get_tensor("w"), torch.ones(3, 2))
+    with pytest.raises(RuntimeError, match="share memory"):  # safetensors refuses shared storage: the old file stays
+        shared = torch.zeros(4)
+        atomic_save_safetensors({"a": shared, "b": shared}, path)
+    assert _partial_files(tmp_path) == [] and torch.equal(read_state_dict(path)["cls"], torch.arange(4))
+
+
+def test_ode_pairs_are_written_as_safetensors_and_older_pt_files_still_read(tmp_path):
+    from sgm.io.checkpoint import atomic_save_safetensors
+    from sgm.modules.distillation.ode_pairs import ODEPairsDataset
+
+    pairs = {"ode_noise": torch.randn(5, 1, 4, 4), "ode_x0": torch.randn(5, 1, 4, 4), "cls": torch.arange(5)}
+    atomic_save_safetensors(pairs, str(tmp_path / "pairs.safetensors"))
+    torch.save(pairs, str(tmp_path / "pairs.pt"))  # what scripts/generate_ode_pairs.py wrote before
+    for name in ("pairs.safetensors", "pairs.pt"):
+        data = ODEPairsDataset(str(tmp_path / name))
+        assert len(data) == 5 and all(torch.equal(data[3][k], v[3]) for k, v in pairs.items()), name
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=f"cannot read checkpoint {tmp_path / 'bad.pt'}"):
+        ODEPairsDataset(str(tmp_path / "bad.pt"))
+    script = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "generate_ode_pairs.py"), "--config", "x.yaml",
+                             "--ckpt", "t.ckpt", "--out", str(tmp_path / "pairs.pt")],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert script.returncode != 0 and script.stderr.strip() == f"error: --out must name a .safetensors file, got {tmp_path / 'pairs.pt'}"

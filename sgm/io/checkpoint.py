@@ -13,7 +13,7 @@ import os
 import pickle
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Iterable
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -136,8 +136,9 @@ def check_finite_tensors(state_dict: dict[str, Any], path: str) -> None:
 TEMP_SUFFIX = ".partial"  # temp files of atomic writes: .<name>.<random>.partial beside the target
 
 
-def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """`write(f)` into a temp file in `path`'s own directory, fsync, then `os.replace` onto `path`.
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """A temp path in `path`'s own directory to write to; on leaving, fsync it and `os.replace` it onto `path`.
 
     The temp file sits on the target's filesystem, so the rename is atomic wherever the run directory
     lives ($TMPDIR plays no part): `path` is always the old complete file or the new one. A failed write
@@ -148,9 +149,9 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX, dir=directory)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; a checkpoint gets the usual mode
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
+        os.close(fd)
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -160,8 +161,22 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     _fsync_directory(directory)  # the rename itself survives a power cut
 
 
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """`write(f)` into a temp file beside `path`, then onto `path` atomically (`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+
+
 def atomic_torch_save(obj: Any, path: str) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
+    """A .safetensors file of `tensors` (contiguous, CPU or not), written atomically (`atomic_path`)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
 
 
 def remove_partial_files(directory: str) -> list[str]:

@@ -4,7 +4,9 @@
 (eps, x0_teacher) with the conditioning inputs that produced them. The generator's regression term
 starts from x = sqrt(1 + sigma_0^2) * eps at its first sigma, the samplers' convention, so the
 teacher's sampler must start at the same sigma (sigma_max) for the pairs to mean the same map.
-`ODEPairsDataModule` serves the saved pairs as batches: {"ode_noise", "ode_x0", <condition keys>}.
+`ODEPairsDataModule` serves the saved pairs as batches: {"ode_noise", "ode_x0", <condition keys>}, from a
+.safetensors file (what scripts/generate_ode_pairs.py writes) or an older torch file (.pt, read with
+weights_only=True), in an order that continues exactly after -r.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sgm.data.resumable import ResumableDataLoader
+from sgm.io.checkpoint import read_state_dict
 from sgm.util import broadcast_cond_to_rows
 
 
@@ -62,9 +66,9 @@ def _cycle(batches: Iterable[dict]) -> Iterator[dict]:
 class ODEPairsDataset(Dataset):
     def __init__(
         self,
-        path: str,  # file written by scripts/generate_ode_pairs.py (torch.save of a dict of tensors)
+        path: str,  # file written by scripts/generate_ode_pairs.py (.safetensors; .pt from older versions)
     ) -> None:
-        self.pairs = torch.load(path, map_location="cpu", weights_only=True)
+        self.pairs = read_state_dict(path)  # a dict of tensors; unreadable or non-finite files fail naming it
         self.length = len(self.pairs["ode_noise"])
 
     def __len__(self) -> int:
@@ -90,8 +94,8 @@ class ODEPairsDataModule(pl.LightningDataModule):
         self.train_dataset = ODEPairsDataset(self.path)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers)
+        return ResumableDataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
+                                   num_workers=self.num_workers)
 
 
 __all__ = ["ODEPairsDataModule", "ODEPairsDataset", "generate_ode_pairs"]
