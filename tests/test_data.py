@@ -88,14 +88,17 @@ def test_velocity_bucket_and_first_frame_determine_the_clip():
         assert seen.setdefault(key, (xs, ys)) == (xs, ys)
 
 
-def test_fresh_trajectories_follow_torch_rng():
+def test_fresh_trajectories_follow_the_item_seed():
     data = MovingDigits(num_frames=6, size=16, fresh_trajectories=True)
     torch.manual_seed(3)
-    first = [data[0]["video"] for _ in range(4)]
-    torch.manual_seed(3)
-    again = [data[0]["video"] for _ in range(4)]
+    first = [data[(0, seed)]["video"] for seed in range(4)]
+    torch.manual_seed(4)  # the global RNG plays no part
+    again = [data[(0, seed)]["video"] for seed in range(4)]
     assert all(torch.equal(a, b) for a, b in zip(first, again))  # reproducible under a seed
-    assert len({tuple(v.flatten().tolist()) for v in first}) > 1  # but new trajectories per access
+    assert len({tuple(v.flatten().tolist()) for v in first}) > 1  # but new trajectories per seed
+    with pytest.raises(ValueError, match="index with \\(index, seed\\) pairs"):
+        data[0]
     fixed = MovingDigits(num_frames=6, size=16)
     assert torch.equal(fixed[0]["video"], fixed[0]["video"])
-    assert {"speed", "motion_bucket_id"} <= set(fixed[0])
+    assert torch.equal(fixed[0]["video"], fixed[(0, 5)]["video"])  # a fixed clip whatever the item seed
+    assert {"speed", "motion_bucket_id", "seed"} <= set(fixed[0])

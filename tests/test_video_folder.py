@@ -58,7 +58,7 @@ def write_frames(folder, frames: np.ndarray) -> str:
 def batches(data: VideoFolderDataModule, count: int = 1, epoch: int = 0) -> list[dict]:
     data.setup()
     loader = data.train_dataloader()
-    loader.sampler.set_epoch(epoch)
+    loader.load_state_dict({"epoch": epoch, "batches": 0})  # the loader counts its own passes
     out = []
     for batch in loader:
         out.append(batch)

@@ -31,8 +31,9 @@ from torch.utils.data import DataLoader
 
 from sgm.data.image_folder import ImageFolder, ImageFolderDataModule
 from sgm.data.micro_conditioning import parse_law
+from sgm.data.resumable import ResumableDataLoader, seeded_generator
 from sgm.data.video_batch import make_video_batch
-from sgm.data.video_folder import SeededShuffleSampler
+from sgm.io.checkpoint import atomic_save_safetensors, atomic_write
 from sgm.modules.encoders.modules import CACHED_SUFFIX  # batch key of a cached embedding: <input_key>__cached
 
 CACHE_VERSION = 1
@@ -101,8 +102,6 @@ def build_cache(
     shard_size: int = 256,  # images per shard
     device: str = "cpu",
 ) -> dict:
-    from safetensors.torch import save_file
-
     law = parse_law(cond_aug, "cond_aug")
     embedders = cached_embedders(conditioner)
     dataset = ImageFolder(folder, size)
@@ -112,7 +111,7 @@ def build_cache(
         stop = min(start + shard_size, len(dataset))
         tensors: dict[str, list[torch.Tensor]] = {}
         for index in range(start, stop):
-            image = dataset[index]  # (3, H, W)
+            image = dataset.image(index)  # (3, H, W)
             draws = [noisy_batch(image, law, seed, index, k) for k in range(variants)]
             tensors.setdefault("cond_aug", []).append(torch.cat([d["cond_aug"] for d in draws]))  # (K,)
             for key, (_, embedder) in embedders.items():
@@ -122,8 +121,8 @@ def build_cache(
                     emb = torch.stack([embedder(d[key].to(device)).cpu() for d in draws], dim=1)  # (1, K, ...)
                 tensors.setdefault(key, []).append(emb)
         name = f"shard_{len(shards):05d}.safetensors"
-        save_file({k: torch.cat(v) if k != "cond_aug" else torch.stack(v) for k, v in tensors.items()},
-                  os.path.join(out, name))
+        atomic_save_safetensors({k: torch.cat(v) if k != "cond_aug" else torch.stack(v) for k, v in tensors.items()},
+                                os.path.join(out, name))
         shards.append({"file": name, "start": start, "stop": stop})
     prefixes = [f"conditioner.embedders.{index}." for index, _ in embedders.values()]
     manifest = {
@@ -139,8 +138,7 @@ def build_cache(
         "images": folder_listing(dataset.paths, folder),
         "shards": shards,
     }
-    with open(os.path.join(out, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=1)
+    atomic_write(os.path.join(out, MANIFEST), lambda f: f.write(json.dumps(manifest, indent=1).encode()))
     return manifest
 
 
@@ -202,7 +200,7 @@ class CachedFirstFrames(ImageFolder):
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item
         variant = seed % self.variants
-        batch = noisy_batch(super().__getitem__(index), self.cond_aug_law, self.seed, index, variant)
+        batch = noisy_batch(self.image(index), self.cond_aug_law, self.seed, index, variant)
         cached = self.cache.item(index, variant)
         torch.testing.assert_close(batch["cond_aug"], cached["cond_aug"], rtol=0, atol=0)
         return {"image": batch[CLEAN_KEY][0], "noisy": batch[NOISY_KEY][0], "cond_aug": float(batch["cond_aug"][0]),
@@ -217,7 +215,7 @@ class CachedCollate:
 
     def __call__(self, items: list[dict]) -> dict:
         clips = len(items)
-        generator = torch.Generator().manual_seed(sum(item["seed"] for item in items) % 2**63)
+        generator = seeded_generator(item["seed"] for item in items)
         batch = make_video_batch(torch.stack([item["image"] for item in items]), self.num_frames,
                                  fps_id=self.fps_id.sample(clips, generator),
                                  motion_bucket_id=self.motion_bucket_id.sample(clips, generator),
@@ -258,10 +256,10 @@ class CachedImageFolderDataModule(ImageFolderDataModule):
         self.train_dataset = CachedFirstFrames(self.folder, size, cache, self.cond_aug_law)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_dataset, batch_size=self.batch_size, drop_last=True,
-                          sampler=SeededShuffleSampler(len(self.train_dataset), self.seed),
-                          num_workers=self.num_workers, collate_fn=self.collate,
-                          persistent_workers=self.num_workers > 0)
+        return ResumableDataLoader(  # the same batches after -r as in an uninterrupted run
+            self.train_dataset, batch_size=self.batch_size, shuffle=True, drop_last=True, seed=self.seed,
+            item_seeds=True, num_workers=self.num_workers, collate_fn=self.collate,
+            persistent_workers=self.num_workers > 0)
 
 
 __all__ = ["CACHED_SUFFIX", "CachedImageFolderDataModule", "ConditioningCache", "StaleCacheError", "build_cache",

@@ -14,8 +14,10 @@ first frame is the conditioning image. Batches carry the SVD keys (see
   canvas carries no cue for the direction, so a model must invent one of up to eight directions per
   clip; a tiny teacher trained on that blurs the directions together and loses the digit.
 
-Training sets draw a new trajectory at every access (`fresh_trajectories`); held-out sets keep a
-fixed trajectory per index, a function of (seed, index).
+Training sets draw a new trajectory per item and epoch (`fresh_trajectories`) from the item seed that
+`sgm.data.resumable.ResumableDataLoader(item_seeds=True)` hands out with each index, so a resumed run
+draws the trajectories (and the cond_frames noise) of the uninterrupted one; held-out sets keep a fixed
+trajectory per index, a function of (seed, index).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from sgm.data.digits import load_digits_split
+from sgm.data.resumable import ResumableDataLoader, seeded_generator
 from sgm.data.video_batch import make_video_batch
 
 MOTION_BUCKET_PER_PIXEL = 32  # "speed" code: motion_bucket_id = 32 * (|vx| + |vy|), pixels per frame
@@ -73,7 +76,7 @@ class MovingDigits(Dataset):
         channels: int = 1,  # 1 (grey) or 3 (grey repeated, for RGB models such as SVD's)
         seed: int = 0,  # fixed trajectories are a function of (seed, index)
         motion_code: str = "velocity",  # motion_bucket_id of a clip: "velocity" or "speed"
-        fresh_trajectories: bool = False,  # draw a new trajectory at every access (from torch's RNG)
+        fresh_trajectories: bool = False,  # draw the trajectory from the item seed ((index, seed) items)
     ):
         self.images, self.labels = load_digits_split(split)
         if size < self.images.shape[-1]:
@@ -104,23 +107,30 @@ class MovingDigits(Dataset):
         ys = bounce(int(y0), int(vy), self.num_frames, limit)
         return xs, ys, (int(vx), int(vy))
 
-    def __getitem__(self, index: int) -> dict:
-        if self.fresh_trajectories:  # seeded through torch's RNG (seed_everything, per-worker seeds)
-            rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
-        else:
-            rng = np.random.default_rng([self.seed, index])
-        xs, ys, (vx, vy) = self.draw_trajectory(rng)
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        """`index` or `(index, seed)`: the seed draws the trajectory under `fresh_trajectories` (without one,
+        the clip is the fixed one of (self.seed, index)) and the batch's cond_frames noise (VideoCollate)."""
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        if self.fresh_trajectories and seed is None:
+            raise ValueError("fresh_trajectories draws each trajectory from the item seed: index with (index, seed) "
+                             "pairs, as ResumableDataLoader(item_seeds=True) does")
+        if seed is None:  # fixed clips carry a fixed seed too
+            seed = int(np.random.default_rng([self.seed, index, 1]).integers(2**62))
+        fixed = np.random.default_rng([self.seed, index])
+        xs, ys, (vx, vy) = self.draw_trajectory(np.random.default_rng(seed) if self.fresh_trajectories else fixed)
         video = torch.from_numpy(render_clip(self.images[index], xs, ys, self.size))
         return {
             "video": video.repeat(1, self.channels, 1, 1),  # (t, channels, size, size)
             "cls": int(self.labels[index]),
             "speed": float(abs(vx) + abs(vy)),  # px/frame
             "motion_bucket_id": motion_bucket(vx, vy, self.motion_code, self.max_speed),
+            "seed": seed,
         }
 
 
 class VideoCollate:
-    """Stacks clips and assembles the SVD batch (first frame as the conditioning image)."""
+    """Stacks clips and assembles the SVD batch (first frame as the conditioning image); the cond_frames
+    noise comes from the clips' seeds."""
 
     def __init__(self, fps_id: float = 6, cond_aug: float = 0.02, input_key: str = "frames"):
         self.fps_id, self.cond_aug, self.input_key = fps_id, cond_aug, input_key
@@ -135,6 +145,7 @@ class VideoCollate:
             cond_aug=self.cond_aug,
             frames=videos,
             input_key=self.input_key,
+            generator=seeded_generator(item["seed"] for item in items),
         )
         batch["cls"] = torch.tensor([item["cls"] for item in items])
         batch["speed"] = torch.tensor([item["speed"] for item in items])  # (b,) px/frame, for the metrics
@@ -153,9 +164,9 @@ class MovingDigitsDataModule(pl.LightningDataModule):
         cond_aug: float = 0.02,  # noise on the conditioning frame
         input_key: str = "frames",  # batch key of the target frames
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int = 0,  # fixed trajectories; the order and fresh draws follow the run's seed (main.py -s)
         motion_code: str = "velocity",  # "velocity" or "speed" (module docstring)
-        fresh_trajectories: bool = True,  # a new trajectory per access; False: one per digit
+        fresh_trajectories: bool = True,  # a new trajectory per clip and epoch; False: one per digit
     ):
         super().__init__()
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -167,6 +178,6 @@ class MovingDigitsDataModule(pl.LightningDataModule):
         self.train_dataset = MovingDigits("train", **self.dataset_kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers, collate_fn=self.collate,
-                          persistent_workers=self.num_workers > 0)
+        return ResumableDataLoader(  # the same clips after -r as in an uninterrupted run
+            self.train_dataset, batch_size=self.batch_size, shuffle=True, drop_last=True, item_seeds=True,
+            num_workers=self.num_workers, collate_fn=self.collate, persistent_workers=self.num_workers > 0)

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from sgm.data.moving_digits import MovingDigits
+from sgm.data.resumable import ResumableDataLoader, seeded_generator
 from sgm.data.video_batch import make_window_batch
 
 NUM_CAMERAS = 8  # the eight symmetries of the square
@@ -49,7 +50,8 @@ def camera_angles(num_views: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class MultiViewMovingDigits(Dataset):
-    """Items: `video` (t, C, H, W), the input view; `views` (t, v, C, H, W), cameras 1..v; `cls`."""
+    """Items (`index` or `(index, seed)`, as MovingDigits): `video` (t, C, H, W), the input view; `views`
+    (t, v, C, H, W), cameras 1..v; `cls`; `seed`."""
 
     def __init__(self, num_views: int = 4, **moving_digits_kwargs):
         camera_angles(num_views)  # validates num_views
@@ -59,15 +61,16 @@ class MultiViewMovingDigits(Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
-    def __getitem__(self, index: int) -> dict:
-        item = self.clips[index]
-        video = item["video"]  # (t, C, H, W)
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        clip = self.clips[item]
+        video = clip["video"]  # (t, C, H, W)
         views = torch.stack([view_transform(video, k) for k in range(1, self.num_views + 1)], dim=1)
-        return {"video": video, "views": views, "cls": item["cls"]}
+        return {"video": video, "views": views, "cls": clip["cls"], "seed": clip["seed"]}
 
 
 class WindowCollate:
-    """Stacks items into one SV4D window batch (see `make_window_batch`)."""
+    """Stacks items into one SV4D window batch (see `make_window_batch`); its draws (reference views or
+    not, the cond_frames noise) come from the items' seeds."""
 
     def __init__(self, num_views: int, ref_prob: float = 0.5, input_key: str = "frames"):
         self.polar, self.azimuth = camera_angles(num_views)
@@ -76,9 +79,10 @@ class WindowCollate:
     def __call__(self, items: list[dict]) -> dict:
         video = torch.stack([item["video"] for item in items])  # (b, t, C, H, W)
         views = torch.stack([item["views"] for item in items])  # (b, t, v, C, H, W)
-        with_refs = bool(torch.rand(()) < self.ref_prob)
+        generator = seeded_generator(item["seed"] for item in items)
+        with_refs = bool(torch.rand((), generator=generator) < self.ref_prob)
         batch = make_window_batch(video, self.polar, self.azimuth, ref_views=views[:, 0] if with_refs else None,
-                                  targets=views, input_key=self.input_key)
+                                  targets=views, input_key=self.input_key, generator=generator)
         batch["cls"] = torch.tensor([item["cls"] for item in items])
         return batch
 
@@ -94,7 +98,7 @@ class MultiViewDigitsDataModule(pl.LightningDataModule):
         ref_prob: float = 0.5,  # probability that a batch carries the first frame's views as cond_view
         input_key: str = "frames",  # batch key of the target views
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int = 0,  # MovingDigits' seed; the order and the draws follow the run's seed (main.py -s)
     ):
         super().__init__()
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -106,6 +110,6 @@ class MultiViewDigitsDataModule(pl.LightningDataModule):
         self.train_dataset = MultiViewMovingDigits(split="train", **self.dataset_kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers, collate_fn=self.collate,
-                          persistent_workers=self.num_workers > 0)
+        return ResumableDataLoader(  # the same windows after -r as in an uninterrupted run
+            self.train_dataset, batch_size=self.batch_size, shuffle=True, drop_last=True, item_seeds=True,
+            num_workers=self.num_workers, collate_fn=self.collate, persistent_workers=self.num_workers > 0)

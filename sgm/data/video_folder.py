@@ -19,14 +19,16 @@ Micro-conditioning per clip (facts and rules in `sgm.data.micro_conditioning`):
     cond_aug          a law; default log-normal, log(cond_aug) ~ N(-3.0, 0.5^2) as in public SVD fine-tuning.
 
 Decoding: imageio's ffmpeg reader (imageio-ffmpeg binary) for videos, Pillow for GIFs and frames.
-`setup()` probes every file once: unreadable files and files shorter than one clip
+`setup()` probes every file once (every frame's header in a folder of frames): unreadable files, folders
+holding a frame that is not an image (a text file named .png), and files shorter than one clip
 ((num_frames - 1) * frame_stride + 1 frames) are skipped, counted and named in one warning; a folder
 with no usable video is one error. A file that fails later (e.g. truncated in the middle) is replaced
 by the next video and named once in a warning; an epoch never stops on it.
 
-Randomness: the sampler hands every item an integer seed drawn from (seed, epoch), and all of the
-item's draws (clip start, cond_aug, the noise on cond_frames) come from a generator seeded with it.
-Batches are therefore the same whatever num_workers is, and each epoch draws new clips.
+Randomness: the loader (`sgm.data.resumable.ResumableDataLoader(item_seeds=True)`) hands every item an
+integer seed drawn from (seed, epoch, index), and all of the item's draws (clip start, cond_aug, the noise
+on cond_frames) come from a generator seeded with it. Batches are therefore the same whatever
+num_workers is and after a resume (`-r`) as in an uninterrupted run, and each epoch draws new clips.
 
     data:
       target: sgm.data.video_folder.VideoFolderDataModule
@@ -44,11 +46,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from sgm.data.micro_conditioning import (
     MOTION_BUCKET_SCALE, SVD_COND_AUG_LOG_NORMAL, fps_id_from_fps, mean_flow_percent, motion_bucket_from_flow,
     parse_law)
+from sgm.data.resumable import ResumableDataLoader, seeded_generator
 from sgm.data.video_batch import make_video_batch
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
@@ -86,7 +89,16 @@ def frame_files(folder: str) -> list[str]:
 def probe(path: str) -> VideoSource:
     """Frame count and frame rate of one video; raises (any error) when it cannot be read."""
     if os.path.isdir(path):
-        return VideoSource(path, len(frame_files(path)), None)
+        from PIL import Image
+
+        files = frame_files(path)
+        for file in files:  # headers only: a text file named .png fails here, not at a random step
+            try:
+                with Image.open(file):
+                    pass
+            except Exception as error:
+                raise ValueError(f"frame {file} is not an image ({type(error).__name__})") from None
+        return VideoSource(path, len(files), None)
     if path.lower().endswith(GIF_EXTENSIONS):
         import imageio.v3 as iio
 
@@ -240,25 +252,6 @@ class VideoClips(Dataset):
         raise RuntimeError(f"no video under the data folder could be read ({len(self.failed)} failed)")
 
 
-class SeededShuffleSampler(Sampler):
-    """A shuffled epoch of (index, seed) pairs, drawn from (seed, epoch); Lightning calls set_epoch."""
-
-    def __init__(self, size: int, seed: int = 0, shuffle: bool = True):
-        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator) if self.shuffle else torch.arange(self.size)
-        seeds = torch.randint(2**62, (self.size,), generator=generator)
-        return iter(zip(order.tolist(), seeds.tolist()))
-
-
 class ClipCollate:
     """Clips -> an SVD batch; the cond_frames noise comes from the clips' own seeds."""
 
@@ -267,7 +260,7 @@ class ClipCollate:
 
     def __call__(self, items: list[dict]) -> dict:
         videos = torch.stack([item["video"] for item in items])  # (b, t, 3, H, W)
-        generator = torch.Generator().manual_seed(sum(item["seed"] for item in items) % 2**63)
+        generator = seeded_generator(item["seed"] for item in items)
         return make_video_batch(
             cond_image=videos[:, 0],
             num_frames=videos.shape[1],
@@ -329,11 +322,11 @@ class VideoFolderDataModule(pl.LightningDataModule):
         self.train_dataset = VideoClips(sources, self.size, self.num_frames, self.frame_stride, **self.clip_kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_dataset, batch_size=self.batch_size, drop_last=True,
-                          sampler=SeededShuffleSampler(len(self.train_dataset), self.seed),
-                          num_workers=self.num_workers, collate_fn=self.collate,
-                          persistent_workers=self.num_workers > 0)
+        return ResumableDataLoader(  # the same clips after -r as in an uninterrupted run
+            self.train_dataset, batch_size=self.batch_size, shuffle=True, drop_last=True, seed=self.seed,
+            item_seeds=True, num_workers=self.num_workers, collate_fn=self.collate,
+            persistent_workers=self.num_workers > 0)
 
 
-__all__ = ["ClipCollate", "SeededShuffleSampler", "VideoClips", "VideoFolderDataModule", "VideoSource",
+__all__ = ["ClipCollate", "VideoClips", "VideoFolderDataModule", "VideoSource",
            "list_videos", "motion_bucket_of", "with_motion_buckets", "probe", "read_frames", "resize_center_crop", "scan"]
