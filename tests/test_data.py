@@ -101,4 +101,5 @@ def test_fresh_trajectories_follow_the_item_seed():
     fixed = MovingDigits(num_frames=6, size=16)
     assert torch.equal(fixed[0]["video"], fixed[0]["video"])
     assert torch.equal(fixed[0]["video"], fixed[(0, 5)]["video"])  # a fixed clip whatever the item seed
-    assert {"speed", "motion_bucket_id", "seed"} <= set(fixed[0])
+    assert {"speed", "motion_bucket_id", "seed"} <= set(fixed[0]) and fixed[0]["seed"] is None
+    assert fixed[(0, 5)]["seed"] == 5

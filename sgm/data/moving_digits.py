@@ -108,16 +108,15 @@ class MovingDigits(Dataset):
         return xs, ys, (int(vx), int(vy))
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
-        """`index` or `(index, seed)`: the seed draws the trajectory under `fresh_trajectories` (without one,
-        the clip is the fixed one of (self.seed, index)) and the batch's cond_frames noise (VideoCollate)."""
+        """`index` or `(index, seed)`: the seed draws the trajectory under `fresh_trajectories` (otherwise the
+        clip is the fixed one of (self.seed, index)) and the batch's cond_frames noise (VideoCollate; a plain
+        index leaves that noise to torch's global RNG, as held-out evaluation seeds it)."""
         index, seed = item if isinstance(item, tuple) else (item, None)
         if self.fresh_trajectories and seed is None:
             raise ValueError("fresh_trajectories draws each trajectory from the item seed: index with (index, seed) "
                              "pairs, as ResumableDataLoader(item_seeds=True) does")
-        if seed is None:  # fixed clips carry a fixed seed too
-            seed = int(np.random.default_rng([self.seed, index, 1]).integers(2**62))
-        fixed = np.random.default_rng([self.seed, index])
-        xs, ys, (vx, vy) = self.draw_trajectory(np.random.default_rng(seed) if self.fresh_trajectories else fixed)
+        rng = np.random.default_rng(seed if self.fresh_trajectories else [self.seed, index])
+        xs, ys, (vx, vy) = self.draw_trajectory(rng)
         video = torch.from_numpy(render_clip(self.images[index], xs, ys, self.size))
         return {
             "video": video.repeat(1, self.channels, 1, 1),  # (t, channels, size, size)
@@ -130,7 +129,7 @@ class MovingDigits(Dataset):
 
 class VideoCollate:
     """Stacks clips and assembles the SVD batch (first frame as the conditioning image); the cond_frames
-    noise comes from the clips' seeds."""
+    noise comes from the clips' seeds (`seeded_generator`)."""
 
     def __init__(self, fps_id: float = 6, cond_aug: float = 0.02, input_key: str = "frames"):
         self.fps_id, self.cond_aug, self.input_key = fps_id, cond_aug, input_key
@@ -145,7 +144,7 @@ class VideoCollate:
             cond_aug=self.cond_aug,
             frames=videos,
             input_key=self.input_key,
-            generator=seeded_generator(item["seed"] for item in items),
+            generator=seeded_generator(item["seed"] for item in items),  # None: torch's global RNG
         )
         batch["cls"] = torch.tensor([item["cls"] for item in items])
         batch["speed"] = torch.tensor([item["speed"] for item in items])  # (b,) px/frame, for the metrics

@@ -27,8 +27,12 @@ def item_seeds(seed: int, epoch: int, size: int) -> list[int]:
     return np.random.default_rng([seed, epoch]).integers(0, 2**62, size=size).tolist()
 
 
-def seeded_generator(seeds: Iterable[int]) -> torch.Generator:
-    """A generator for the draws of a whole batch (e.g. in a collate), seeded from its items' seeds."""
+def seeded_generator(seeds: Iterable[int | None]) -> torch.Generator | None:
+    """A generator for the draws of a whole batch (e.g. in a collate), seeded from its items' seeds;
+    None (torch's global RNG, which the caller seeds) when an item came without one (a plain index)."""
+    seeds = list(seeds)
+    if any(s is None for s in seeds):
+        return None
     return torch.Generator().manual_seed(sum(int(s) for s in seeds) % 2**63)
 
 
