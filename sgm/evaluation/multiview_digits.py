@@ -1,0 +1,222 @@
+"""Sampling and scoring multi-view engines (SV4D 2.0 teachers, DMD students) on held-out multi-view digits.
+
+Every engine sees the same held-out windows (`heldout_windows`, fixed seed, held-out digits): t input
+frames of a moving digit, to be turned into v novel views (cameras 1..v of `sgm.data.multiview_digits`).
+They are SV4D 2.0's first window: no reference views. The data knows the true views, so a generated
+window is scored against them:
+
+- per view k, after undoing camera k's transform (`to_input_view`, so every view shows the input
+  camera's canvas): frame accuracy, frame FD and identity consistency of
+  `sgm.metrics.moving_digits.evaluate_clips`, with the windows' digit classes as labels;
+- `view_consistency`: mean |view i - view j| over the pairs i < j of views of the same frame, after
+  undoing both transforms ([-1, 1] pixel units; 0 when the views agree, whether or not they are right);
+- `true_view_error`: mean |generated view - true view| ([-1, 1] pixel units; 0 for the real views).
+
+The real views are scored the same way as the reference row (consistency and error 0).
+Used by `scripts/bench/distill_multiview_digits.py`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from sgm.evaluation.engines import network_evaluations, sampler_steps
+
+VIEW_METRICS = [  # (key of evaluate_clips, column title, format): scored per view, averaged over views
+    ("frame_accuracy", "frame acc.", "{:.3f}"),
+    ("frame_fd", "frame FD", "{:.2f}"),
+    ("identity_consistency", "identity", "{:.3f}"),
+]
+WINDOW_METRICS = [  # (key, column title, format): over all views
+    ("view_consistency", "view consistency |Δ|", "{:.3f}"),
+    ("true_view_error", "true-view err. |Δ|", "{:.3f}"),
+]
+
+
+@dataclass
+class HeldoutWindows:
+    video: torch.Tensor  # (b, t, C, H, W) the input view in [-1, 1]
+    views: torch.Tensor  # (b, t, v, C, H, W) the true novel views, cameras 1..v
+    labels: torch.Tensor  # (b,) digit classes
+    polar: torch.Tensor  # (v,) camera elevations (relative, SV4D 2.0)
+    azimuth: torch.Tensor  # (v,) camera azimuths
+
+    @property
+    def num_frames(self) -> int:
+        return self.views.shape[1]
+
+    @property
+    def num_views(self) -> int:
+        return self.views.shape[2]
+
+    def batch(self, start: int = 0, stop: int | None = None) -> dict:
+        """The conditioning batch of windows [start, stop): SV4D 2.0's first window, no reference views,
+        no cond_aug noise (so the batch is a function of the windows alone)."""
+        from sgm.data.video_batch import make_window_batch
+
+        return make_window_batch(self.video[start:stop], self.polar, self.azimuth)
+
+
+def heldout_windows(n: int, num_frames: int = 4, num_views: int = 4, size: int = 16, channels: int = 3,
+                    seed: int = 0) -> HeldoutWindows:
+    """The first `n` held-out digits, each on its fixed trajectory of (seed, index)."""
+    from sgm.data.multiview_digits import MultiViewMovingDigits, camera_angles
+
+    data = MultiViewMovingDigits(num_views=num_views, split="heldout", num_frames=num_frames, size=size,
+                                 channels=channels, seed=seed)
+    if not 1 <= n <= len(data):
+        raise ValueError(f"n must be in [1, {len(data)}] (the held-out digits), got {n}")
+    items = [data[i] for i in range(n)]
+    polar, azimuth = camera_angles(num_views)
+    return HeldoutWindows(
+        video=torch.stack([item["video"] for item in items]),  # (b, t, C, H, W)
+        views=torch.stack([item["views"] for item in items]),  # (b, t, v, C, H, W)
+        labels=torch.tensor([item["cls"] for item in items]),
+        polar=polar,
+        azimuth=azimuth,
+    )
+
+
+@torch.no_grad()
+def sample_views(
+    engine,  # a DiffusionEngine (teacher: its own sampler and guider) or a DMDEngine (student: few-step sampler)
+    windows: HeldoutWindows,
+    num_steps: int | None = None,  # sampler steps; None: the sampler's own
+    seed: int = 0,  # noise seed (the same noise for every engine at equal shapes)
+    chunk: int = 8,  # windows per sampling call
+) -> tuple[torch.Tensor, float]:
+    """-> views (b, t, v, C, H, W) in [-1, 1] (EMA weights when the engine has them), seconds per window."""
+    from sgm.data.video_batch import SV4D_UC_ZERO_KEYS
+
+    b, t, v = windows.views.shape[:3]
+    rows_per_window = t * v
+    latent_shape = tuple(engine.encode_first_stage(windows.video[:1, 0].to(engine.device)).shape[1:])  # (C, h, w)
+    torch.manual_seed(seed)
+    start, out = time.perf_counter(), []
+    with engine.ema_scope("evaluation"):
+        for first in range(0, b, chunk):
+            last = min(first + chunk, b)
+            batch = {k: x.to(engine.device) if isinstance(x, torch.Tensor) else x
+                     for k, x in windows.batch(first, last).items()}
+            c, uc = engine.conditioner.get_unconditional_conditioning(
+                batch, force_uc_zero_embeddings=list(SV4D_UC_ZERO_KEYS))
+            rows = (last - first) * rows_per_window  # (b' t v) rows, ordered (b', t, v)
+            z = engine.sample(c, uc=uc, batch_size=rows, shape=latent_shape, num_steps=num_steps,
+                              num_video_frames=rows_per_window)
+            x = engine.decode_first_stage(z, num_video_frames=rows_per_window)  # (b' t v, C, H, W)
+            out.append(x.float().clamp(-1, 1).cpu().view(last - first, t, v, *x.shape[1:]))
+    return torch.cat(out), (time.perf_counter() - start) / b
+
+
+def input_views(views: torch.Tensor) -> torch.Tensor:
+    """(b, t, v, C, H, W) views of cameras 1..v -> the same, each seen from the input camera (`to_input_view`)."""
+    from sgm.data.multiview_digits import to_input_view
+
+    return torch.stack([to_input_view(views[:, :, k], k + 1) for k in range(views.shape[2])], dim=2)
+
+
+def view_consistency(aligned: torch.Tensor) -> float:
+    """(b, t, v, C, H, W) views already seen from the input camera -> mean |view i - view j| over pairs i < j."""
+    v = aligned.shape[2]
+    if v < 2:
+        raise ValueError(f"view consistency needs at least 2 views, got {v} (tensor {tuple(aligned.shape)})")
+    i, j = torch.triu_indices(v, v, offset=1)  # (pairs,) each
+    return (aligned[:, :, i] - aligned[:, :, j]).abs().mean().item()
+
+
+def score_views(views: torch.Tensor, windows: HeldoutWindows, metrics=None) -> dict:
+    """Generated (or real) views (b, t, v, C, H, W) of `windows` -> the means over views of VIEW_METRICS,
+    WINDOW_METRICS, and `per_view`: one dict per camera 1..v (VIEW_METRICS and its true_view_error)."""
+    from sgm.metrics.digits import default_metrics
+    from sgm.metrics.moving_digits import evaluate_clips
+
+    if views.shape != windows.views.shape:
+        raise ValueError(f"views must be (b, t, v, C, H, W) = {tuple(windows.views.shape)} like the held-out "
+                         f"windows' true views, got {tuple(views.shape)}")
+    views = views.float().clamp(-1, 1)
+    metrics = metrics if metrics is not None else default_metrics()
+    aligned = input_views(views)  # (b, t, v, C, H, W) all from the input camera
+    error = (views - windows.views).abs()  # (b, t, v, C, H, W)
+    per_view = []
+    for k in range(views.shape[2]):
+        scores = evaluate_clips(aligned[:, :, k], windows.labels, metrics=metrics)
+        per_view.append({"camera": k + 1, **{key: scores[key] for key, _, _ in VIEW_METRICS},
+                         "true_view_error": error[:, :, k].mean().item()})
+    means = {key: sum(p[key] for p in per_view) / len(per_view) for key, _, _ in VIEW_METRICS}
+    return means | {"view_consistency": view_consistency(aligned), "true_view_error": error.mean().item(),
+                    "per_view": per_view, "n": views.shape[0]}
+
+
+def evaluate_engine(engine, windows: HeldoutWindows, name: str, num_steps: int | None = None, seed: int = 0,
+                    metrics=None) -> tuple[dict, torch.Tensor]:
+    """One table row (metrics, steps, NFE per row, seconds per window) and the sampled views."""
+    views, seconds = sample_views(engine, windows, num_steps=num_steps, seed=seed)
+    steps = num_steps or sampler_steps(engine.sampler)
+    row = {"model": name, "steps": steps, "nfe": network_evaluations(engine, steps), "sec_per_window": seconds}
+    return row | score_views(views, windows, metrics), views
+
+
+def reference_row(windows: HeldoutWindows, metrics=None) -> dict:
+    return {"model": "real views", "steps": None, "nfe": None, "sec_per_window": None} | score_views(
+        windows.views, windows, metrics)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One row per model: VIEW_METRICS averaged over views, then WINDOW_METRICS."""
+    columns = VIEW_METRICS + WINDOW_METRICS
+    lines = ["| model | steps | NFE | " + " | ".join(title for _, title, _ in columns) + " | s/window |",
+             "|---|---:|---:|" + "---:|" * len(columns) + "---:|"]
+    for r in rows:
+        cells = [r["model"], _fmt(r.get("steps")), _fmt(r.get("nfe"))]
+        cells += [fmt.format(r[key]) for key, _, fmt in columns]
+        cells.append("-" if r.get("sec_per_window") is None else f"{r['sec_per_window']:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def per_view_table(rows: list[dict]) -> str:
+    """One row per model and camera: VIEW_METRICS and the true-view error of that view."""
+    columns = VIEW_METRICS + [("true_view_error", "true-view err. |Δ|", "{:.3f}")]
+    lines = ["| model | camera | " + " | ".join(title for _, title, _ in columns) + " |",
+             "|---|---:|" + "---:|" * len(columns)]
+    for r in rows:
+        for view in r["per_view"]:
+            cells = [r["model"], str(view["camera"])] + [fmt.format(view[key]) for key, _, fmt in columns]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def save_views_gif(views: torch.Tensor, windows: HeldoutWindows, path: str, max_clips: int = 16,
+                   fps: int = 1) -> str:
+    """One GIF frame per window: a grid whose rows are the input view and the views of cameras 1..v (as
+    generated, not undone) and whose columns are the t frames."""
+    import numpy as np
+
+    from sgm.io.media import make_grid, to_uint8, write_video
+
+    views = views[:max_clips]
+    b, t, v = views.shape[:3]
+    rows = torch.cat([windows.video[:b, :, None], views], dim=2)  # (b, t, 1 + v, C, H, W)
+    rows = rows.transpose(1, 2)  # (b, 1 + v, t, C, H, W): grid rows = views, columns = frames
+    grids = [make_grid(to_uint8(clip.flatten(0, 1)), n_rows=1 + v) for clip in rows]  # (H', W', 3) each
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    return write_video(np.stack(grids), path, fps)
+
+
+def write_results(rows: list[dict], out_dir: str, stem: str = "multiview_digits_eval") -> dict[str, str]:
+    """`<stem>.md` (both tables) and `<stem>.json` in `out_dir`."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"md": os.path.join(out_dir, f"{stem}.md"), "json": os.path.join(out_dir, f"{stem}.json")}
+    with open(paths["md"], "w") as f:
+        f.write(markdown_table(rows) + "\n" + per_view_table(rows))
+    with open(paths["json"], "w") as f:
+        json.dump(rows, f, indent=1)
+    return paths

@@ -1,0 +1,84 @@
+"""Scoring multi-view digits (sgm/evaluation/multiview_digits.py): real views are consistent and score as the
+input view, a wrong view breaks consistency, the held-out windows are fixed, and a tiny SV4D 2.0 engine samples
+windows of the right layout."""
+import os
+
+import imageio.v3 as iio
+import pytest
+import torch
+
+from sgm.evaluation import multiview_digits as mv
+from sgm.metrics.moving_digits import evaluate_clips
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEACHER = os.path.join(ROOT, "configs/example_training/toy/multiview_digits_sv4d2.yaml")
+N = 12  # windows
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def windows():
+    return mv.heldout_windows(N, num_frames=4, num_views=4)
+
+
+def test_heldout_windows_are_deterministic(windows):
+    torch.manual_seed(123)  # the global RNG plays no part
+    again = mv.heldout_windows(N, num_frames=4, num_views=4)
+    for name in ("video", "views", "labels"):
+        assert torch.equal(getattr(windows, name), getattr(again, name))
+    batch, batch_again = windows.batch(), again.batch()
+    assert batch.keys() == batch_again.keys()
+    assert all(torch.equal(batch[k], batch_again[k]) for k in batch if isinstance(batch[k], torch.Tensor))
+    assert not batch["cond_view"].any() and batch["dmd_mask"].eq(1).all()  # the first window: no reference views
+    assert batch["num_video_frames"] == 16 and batch["cond_frames"].shape == (N * 16, 3, 16, 16)
+    other = mv.heldout_windows(N, num_frames=4, num_views=4, seed=1)
+    assert not torch.equal(windows.video, other.video)  # the seed picks the trajectories
+    with pytest.raises(ValueError, match="held-out digits"):
+        mv.heldout_windows(10_000)
+
+
+def test_real_views_are_consistent_and_score_as_the_input_view(windows):
+    row = mv.reference_row(windows)
+    assert row["view_consistency"] == 0.0 and row["true_view_error"] == 0.0
+    input_view = evaluate_clips(windows.video, windows.labels)
+    for view in row["per_view"]:  # the undone view is the input view itself, whatever the camera
+        assert view["frame_accuracy"] == input_view["frame_accuracy"]
+        assert view["frame_fd"] == pytest.approx(input_view["frame_fd"])
+    # without undoing the transforms the views disagree (the metric is not trivially 0)
+    assert mv.view_consistency(windows.views) > 0.1
+
+
+def test_a_view_of_another_digit_breaks_consistency(windows):
+    views = windows.views.clone()
+    views[:, :, 2] = views.roll(1, dims=0)[:, :, 2]  # camera 3 shows the previous window's digit
+    row = mv.score_views(views, windows)
+    assert row["view_consistency"] > 0.05 and row["true_view_error"] > 0.05
+    errors = [view["true_view_error"] for view in row["per_view"]]
+    assert errors[2] > 0 and errors[0] == errors[1] == errors[3] == 0
+    # three of the four views still agree: pairs (i, j) with i or j = 3 differ, 3 pairs of 6
+    aligned = mv.input_views(views)
+    assert row["view_consistency"] == pytest.approx(
+        (aligned[:, :, 2:3] - aligned[:, :, [0, 1, 3]]).abs().mean().item() / 2)
+    with pytest.raises(ValueError, match="true views"):
+        mv.score_views(views[:, :2], windows)
+
+
+def test_tiny_engine_samples_windows_and_the_gif_has_one_grid_per_window(tmp_path):
+    from sgm.config import load_configs
+    from sgm.util import instantiate_from_config
+
+    t, v = 2, 4
+    config = load_configs([TEACHER], [f"N_TIME={t}", f"N_VIEW={v}", f"N_FRAMES={t * v}"])
+    engine = instantiate_from_config(config.model).eval()  # random weights
+    small = mv.heldout_windows(3, num_frames=t, num_views=v)
+    row, views = mv.evaluate_engine(engine, small, "random", num_steps=1)
+    again, _ = mv.sample_views(engine, small, num_steps=1)
+    assert views.shape == (3, t, v, 3, 16, 16) and torch.equal(views, again)  # same seed, same noise
+    assert row["steps"] == 1 and row["nfe"] == 2 and len(row["per_view"]) == v  # Euler + CFG
+    assert "| random | 1 | 2 |" in mv.markdown_table([row])
+    assert mv.per_view_table([row]).count("| random |") == v
+    path = mv.save_views_gif(views, small, str(tmp_path / "views.gif"))
+    frames = iio.imread(path, index=None)
+    assert frames.shape[0] == 3  # one grid per window (rows: input + v views, columns: t frames)
+    assert frames.shape[1] > frames.shape[2]  # 1 + v rows of t columns: taller than wide
