@@ -149,3 +149,32 @@ def test_balancer_rejects_a_target_on_its_reference():
     with pytest.raises(ValueError, match="reference"):
         GradientBalancer({"dmd": 1.0})
     assert isinstance(GradientBalancer({"gan": 0.1}), nn.Module)
+
+
+def test_svd_overlay_encodes_decoded_frames_with_the_conditioners_clip_tower(tmp_path):
+    """configs/dmd/svd_dino.yaml on the tiny video DMD config: no encoder copy, the conditioner's CLIP
+    tower sees decoded pixels, and the dino loss's gradient reaches the generator's frames."""
+    from test_dmd_video import B, T, build, save_tiny_teacher, video_batch
+
+    from sgm.config import load_configs
+    from sgm.util import instantiate_from_config
+
+    teacher = save_tiny_teacher(str(tmp_path / "teacher.safetensors"))
+    cfg = load_configs(["configs/dmd/moving_digits_dmd.yaml", "configs/dmd/svd_dino.yaml"],
+                       [f"model.params.teacher_ckpt_path={teacher}", f"{TERM}.feature_dim=32"])
+    engine = instantiate_from_config(cfg.model, learning_rate=1e-3)
+    term = engine.terms["dino"]
+    assert term.encoder is None and term.decode  # the conditioner's own tower, on pixels
+    clip = engine.conditioner.embedder("cond_frames_without_noise")
+    seen = []
+    clip.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    terms = engine.generator_loss_terms(video_batch())
+    assert seen and seen[-1] == (B * T, 3, 16, 16)  # every generated frame, as pixels
+    x0 = terms.step.x0
+    (grad,) = torch.autograd.grad(terms.losses["dino"], x0)
+    assert grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in clip.parameters())
+    with pytest.raises(ValueError, match="exactly one of"):
+        SemanticTerm(feature_dim=4)
+    with pytest.raises(Exception, match="no embedder with input_key 'nope'"):
+        engine.conditioner.embedder("nope")

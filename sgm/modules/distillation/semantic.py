@@ -18,7 +18,11 @@ Logged (and read by the diagnostics, sgm/diagnostics/rules.py `dino_verdicts`):
     ent/teacher, ent/student   mean entropy (nats) of P_t and of softmax(g_s / T_s); log K = uniform
     loss/dino                  the unweighted loss
 Encoders: `sgm.metrics.digits.DigitFeatures` (the digit classifier's 128-d penultimate features) for
-digits. Rows are images: a video batch's frames are encoded one by one.
+digits (`encoder_config`); for SVD-family models the CLIP image tower the engine's conditioner already
+holds (`conditioner_key: cond_frames_without_noise`, no second copy), fed with pixels: the latents are
+decoded by the engine's frozen first stage with the gradient passing through (`decode`, on by default
+with `conditioner_key`; full-size SVD then backpropagates through the VAE decoder: memory). Rows are
+images: a video batch's frames are encoded one by one.
 """
 from __future__ import annotations
 
@@ -65,8 +69,10 @@ class SemanticTerm(DMDTerm):
 
     def __init__(
         self,
-        encoder_config: dict,  # {target, params}: frozen encoder, images (N, ...) -> features (N, D)
         feature_dim: int,  # D
+        encoder_config: dict | None = None,  # {target, params}: frozen encoder, images (N, ...) -> features (N, D)
+        conditioner_key: str | None = None,  # or: the engine conditioner's embedder of this batch key as the encoder
+        decode: bool | None = None,  # decode latents to pixels first (engine's first stage); None: with conditioner_key
         num_prototypes: int = 64,  # K
         hidden_dim: int = 256,  # head MLP width
         student_temperature: float = 0.1,  # T_s
@@ -82,8 +88,14 @@ class SemanticTerm(DMDTerm):
             raise ValueError(f"SemanticTerm.target must be one of {TARGETS}, got {target!r}")
         if student_temperature <= 0 or teacher_temperature <= 0:
             raise ValueError(f"temperatures must be > 0, got T_s={student_temperature}, T_t={teacher_temperature}")
-        self.encoder = instantiate_from_config(encoder_config)
-        self.encoder.eval().requires_grad_(False)
+        if (encoder_config is None) == (conditioner_key is None):
+            raise ValueError("SemanticTerm needs exactly one of encoder_config (its own frozen encoder) and "
+                             "conditioner_key (the engine conditioner's embedder of that batch key)")
+        self.encoder = instantiate_from_config(encoder_config) if encoder_config is not None else None
+        if self.encoder is not None:
+            self.encoder.eval().requires_grad_(False)
+        self.conditioner_key = conditioner_key
+        self.decode = conditioner_key is not None if decode is None else decode
         self.student_head = ProjectionHead(feature_dim, num_prototypes, hidden_dim)
         self.student_head.requires_grad_(train_head)
         self.teacher_head = copy.deepcopy(self.student_head).requires_grad_(False)
@@ -96,8 +108,18 @@ class SemanticTerm(DMDTerm):
 
     def train(self, mode: bool = True) -> "SemanticTerm":
         super().train(mode)
-        self.encoder.eval()  # frozen: batch statistics never move
+        if self.encoder is not None:
+            self.encoder.eval()  # frozen: batch statistics never move
         return self
+
+    def frames(self, step: GeneratorStep) -> int | None:
+        return step.inputs.num_frames if self.decode else None  # the video decoder's T
+
+    def features(self, engine, latents: torch.Tensor, num_frames: int | None) -> torch.Tensor:
+        """Latents (N, ...) -> encoder features (N, D); the gradient reaches the latents, never the encoder."""
+        images = engine.decode_first_stage(latents, num_video_frames=num_frames) if self.decode else latents
+        encoder = self.encoder if self.encoder is not None else engine.conditioner.embedder(self.conditioner_key)
+        return encoder(images.float()).reshape(images.shape[0], -1)  # (N, D)
 
     def target_images(self, engine, step: GeneratorStep) -> torch.Tensor:
         use_real = self.target == "real" or (self.target == "auto" and engine.input_key in step.batch)
@@ -107,10 +129,11 @@ class SemanticTerm(DMDTerm):
         if not self.is_on("dino"):
             return {}, {}
         with torch.no_grad():
-            teacher_logits = self.teacher_head(self.encoder(self.target_images(engine, step).float()))  # (N, K)
+            target = self.features(engine, self.target_images(engine, step), self.frames(step))
+            teacher_logits = self.teacher_head(target)  # (N, K)
             p_t = F.softmax((teacher_logits - self.center) / self.T_t, dim=-1)  # (N, K)
             self._batch_center = teacher_logits.mean(dim=0)
-        student_logits = self.student_head(self.encoder(step.x0.float()))  # (N, K), grad into x0 and g_s
+        student_logits = self.student_head(self.features(engine, step.x0, self.frames(step)))  # (N, K), grad into x0, g_s
         loss = -(p_t * F.log_softmax(student_logits / self.T_s, dim=-1)).sum(dim=-1).mean()
         ent_t = -(p_t * p_t.clamp_min(1e-12).log()).sum(dim=-1).mean()
         log = {"loss/dino": loss.detach(), "ent/teacher": ent_t, "ent/student": entropy(student_logits.detach(), self.T_s),

@@ -150,6 +150,14 @@ class GeneralConditioner(nn.Module):
         )
         return embedder
 
+    def embedder(self, input_key: str) -> AbstractEmbModel:
+        """The embedder that reads batch key `input_key` (e.g. SVD's CLIP image tower: cond_frames_without_noise)."""
+        for embedder in self.embedders:
+            if getattr(embedder, "input_key", None) == input_key:
+                return embedder
+        known = [getattr(e, "input_key", None) or getattr(e, "input_keys", None) for e in self.embedders]
+        raise ConfigError(f"the conditioner has no embedder with input_key {input_key!r}; its input keys: {known}")
+
     # -- forward --------------------------------------------------------------------------------
 
     def forward(
