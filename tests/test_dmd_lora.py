@@ -144,6 +144,38 @@ def test_export_merges_the_generator_adapters(teacher_ckpt, tmp_path):
         torch.testing.assert_close(exported[key], value)
 
 
+def test_critic_on_teacher_never_builds_or_loads_a_second_unet(teacher_ckpt, monkeypatch):
+    """lora.critic_on_teacher builds the critic around the teacher's network: two U-Nets are constructed (student,
+    teacher), not three, the teacher's weights are loaded into a role once, and every critic tensor (its
+    denoiser's buffers included) is real and either the teacher's or its own adapters."""
+    from sgm.modules.distillation.roles import ScoreModel
+    from sgm.util import get_obj_from_str
+
+    network_cls = get_obj_from_str(load_configs([DMD_CONFIG], TINY).model.params.network_config.target)
+    built, loads = [], []
+    original_init, original_load = network_cls.__init__, ScoreModel.load_network_weights
+
+    def counting_init(self, *args, **kwargs):
+        built.append(type(self).__name__)
+        original_init(self, *args, **kwargs)
+
+    def counting_load(self, *args, **kwargs):
+        loads.append(self)
+        return original_load(self, *args, **kwargs)
+
+    monkeypatch.setattr(network_cls, "__init__", counting_init)
+    monkeypatch.setattr(ScoreModel, "load_network_weights", counting_load)
+    build(teacher_ckpt, "model.params.lora.critic.rank=4")
+    assert len(built) == 3 and len(loads) == 2  # student, teacher, critic; teacher and critic loaded
+    built.clear(), loads.clear()
+    shared = build(teacher_ckpt, *ON_TEACHER)
+    assert len(built) == 2 and len(loads) == 1  # student and teacher; the teacher loaded once
+    teacher = {id(p) for p in shared.real_score.parameters()}
+    outside = [n for n, p in shared.fake_score.named_parameters() if id(p) not in teacher]
+    assert outside == []  # the adapters sit in the shared network too
+    assert not any(t.is_meta for t in [*shared.fake_score.parameters(), *shared.fake_score.buffers()])
+
+
 def test_critic_on_the_teachers_weights(teacher_ckpt):
     """lora.critic_on_teacher: one U-Net less; the teacher still sees W0 alone, the critic W0 + its adapters."""
     plain = build(teacher_ckpt)

@@ -190,9 +190,8 @@ class DMDEngine(DiffusionEngine):
                               "(e.g. the teacher's StandardDiffusionLoss)")
         self.conditioner = freeze(self.conditioner)
         self.real_score = freeze(instantiate_from_config(real_score_config))
-        self.fake_score = instantiate_from_config(fake_score_config)
-        if not any(p.requires_grad for p in self.fake_score.parameters()):
-            raise ConfigError("fake_score has no trainable parameters: set fake_score_config.params.trainable: True")
+        self.critic_on_teacher = bool((lora or {}).get("critic_on_teacher", False))
+        self.fake_score = self._build_critic(fake_score_config, lora or {})
         self.dmd_sigma_sampler = instantiate_from_config(default(dmd_sigma_sampler_config, DEFAULT_DMD_SIGMAS))
         self.terms = nn.ModuleDict({name: _term(name, cfg) for name, cfg in (terms or {}).items() if cfg is not None})
         self.critic_options = options(CriticOptions, critic, "critic")
@@ -223,7 +222,8 @@ class DMDEngine(DiffusionEngine):
             for name in ("conditioner", "first_stage_model"):
                 report = load_weights(getattr(self, name), select_prefix(teacher_sd, name + "."), teacher, ())
                 print(f"[DMDEngine] {name}: {report.summary()}")
-            for role, wanted in ((self.real_score, True), (self.fake_score, opts.critic_from_teacher)):
+            critic_wanted = opts.critic_from_teacher and not self.critic_on_teacher  # shared: loaded as the teacher
+            for role, wanted in ((self.real_score, True), (self.fake_score, critic_wanted)):
                 if wanted and _wants_weights(role):
                     role.load_network_weights(teacher_sd, path=teacher)
         generator_sd = self._read(own, opts.from_ema) if own is not None else teacher_sd
@@ -235,21 +235,30 @@ class DMDEngine(DiffusionEngine):
         if self.use_ema:  # the shadow starts from the initialised student
             self.model_ema = LitEma(self.model, decay=float(self.model_ema.decay))
 
+    def _build_critic(self, config: dict, lora: dict) -> nn.Module:
+        """The critic role. With lora.critic_on_teacher it is built around the teacher's own wrapped network
+        (`network=`), so no second U-Net is built or loaded; `_add_lora` gives it its adapters."""
+        if not self.critic_on_teacher:
+            critic = instantiate_from_config(config)
+            if not any(p.requires_grad for p in critic.parameters()):
+                raise ConfigError("fake_score has no trainable parameters: set fake_score_config.params.trainable: True")
+            return critic
+        if lora.get("critic") is None or getattr(self.real_score, "dtype_name", None) != "float32":
+            raise ConfigError("model.params.lora.critic_on_teacher needs lora.critic options and a float32 "
+                              "teacher (real_score_config.params.dtype: float32)")
+        return instantiate_from_config(config, network=self.real_score.model)
+
     def _add_lora(self, lora: dict) -> dict[str, LoRAOptions]:
         """Adapters on the loaded generator / critic networks (their other weights frozen), EMA over the adapters."""
         lora = dict(lora)
-        on_teacher = bool(lora.pop("critic_on_teacher", False))  # critic = adapters on the teacher's own U-Net
+        lora.pop("critic_on_teacher", None)  # read in __init__ (self.critic_on_teacher), before the critic is built
         unknown = sorted(set(lora) - {"generator", "critic"})
         if unknown:
             raise ConfigError(f"model.params.lora: unknown role(s) {unknown}; known: ['critic', 'critic_on_teacher', "
                               "'generator']")
         chosen = {role: options(LoRAOptions, cfg, f"lora.{role}") for role, cfg in lora.items() if cfg is not None}
-        if on_teacher:
-            if "critic" not in chosen or getattr(self.real_score, "dtype_name", None) != "float32":
-                raise ConfigError("model.params.lora.critic_on_teacher needs lora.critic options and a float32 "
-                                  "teacher (real_score_config.params.dtype: float32)")
+        if self.critic_on_teacher:  # one U-Net (shared since _build_critic): W0 frozen, the adapters are the critic
             add_lora(self.real_score.model.diffusion_model, chosen.pop("critic"), "critic", seed=self.seed + 1)
-            self.fake_score.model = self.real_score.model  # one U-Net: W0 frozen, the adapters are the critic
             self.real_score = AdaptersOff(self.real_score)  # the teacher sees W0 alone
         if "generator" in chosen:
             add_lora(self.model.diffusion_model, chosen["generator"], "generator", seed=self.seed)

@@ -9,7 +9,9 @@ Any `nn.Module` with that `forward` can be a role (see `toy.GaussianMixtureScore
 `ScoreModel`, the default, wraps a network (inside the same wrapper as `DiffusionEngine.model`, so
 its state-dict keys read `model.diffusion_model.*` under the role) and a denoiser, optionally a
 guider, and loads its network weights from a checkpoint under a key prefix: one released file
-feeds the teacher, the critic and the generator.
+feeds the teacher, the critic and the generator. Given `network` (an already built, wrapped network of
+another role), it builds none: DMD's `lora.critic_on_teacher` makes the critic that way around the
+teacher's own U-Net, so no second copy is ever built or loaded.
 
 Precision: a frozen teacher may hold its network weights in bf16 (`dtype: bfloat16`). The denoiser
 arithmetic (c_skip, c_out, c_in, x0 = c_skip x + c_out F) stays in fp32; only the network call
@@ -36,7 +38,7 @@ class ScoreModel(nn.Module):
 
     def __init__(
         self,
-        network_config: dict,  # {target, params} of the network F (e.g. UNetModel, VideoUNet)
+        network_config: dict | None,  # {target, params} of the network F (e.g. UNetModel, VideoUNet)
         denoiser_config: dict,  # {target, params} of the Denoiser (scaling: EDM, eps, v, ...)
         guider_config: dict | None = None,  # {target, params}; CFG used when forward gets `uc`
         network_wrapper: str | None = None,  # dotted path; default OpenAIWrapper
@@ -44,6 +46,7 @@ class ScoreModel(nn.Module):
         ckpt_prefix: str = "model.diffusion_model.",  # key prefix of the network in that file
         trainable: bool = False,  # False: frozen through sgm.util.freeze
         dtype: str = "float32",  # network weights: float32, bfloat16, float16 (frozen roles only)
+        network: nn.Module | None = None,  # another role's wrapped network, shared: network_config is not built
     ) -> None:
         super().__init__()
         if dtype not in DTYPES:
@@ -51,8 +54,15 @@ class ScoreModel(nn.Module):
         if trainable and dtype != "float32":
             raise ConfigError("a trainable score role keeps fp32 weights; use the trainer's precision "
                               f"for mixed precision (got dtype={dtype!r})")
-        wrapper_cls = get_obj_from_str(default(network_wrapper, DEFAULT_WRAPPER))
-        self.model = wrapper_cls(instantiate_from_config(network_config))
+        if network is not None and ckpt_path is not None:
+            raise ConfigError(f"ScoreModel: ckpt_path={ckpt_path} would overwrite the weights of the network it "
+                              "shares with another role; leave ckpt_path unset")
+        if network is None and network_config is None:
+            raise ConfigError("ScoreModel needs network_config (or a shared network)")
+        if network is None:
+            wrapper_cls = get_obj_from_str(default(network_wrapper, DEFAULT_WRAPPER))
+            network = wrapper_cls(instantiate_from_config(network_config))
+        self.model = network
         self.denoiser = instantiate_from_config(denoiser_config)
         self.guider = instantiate_from_config(guider_config) if guider_config is not None else None
         self.ckpt_path = ckpt_path
