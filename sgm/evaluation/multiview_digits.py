@@ -17,7 +17,6 @@ Used by `scripts/bench/distill_multiview_digits.py`.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -210,13 +209,3 @@ def save_views_gif(views: torch.Tensor, windows: HeldoutWindows, path: str, max_
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     return write_video(np.stack(grids), path, fps)
 
-
-def write_results(rows: list[dict], out_dir: str, stem: str = "multiview_digits_eval") -> dict[str, str]:
-    """`<stem>.md` (both tables) and `<stem>.json` in `out_dir`."""
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {"md": os.path.join(out_dir, f"{stem}.md"), "json": os.path.join(out_dir, f"{stem}.json")}
-    with open(paths["md"], "w") as f:
-        f.write(markdown_table(rows) + "\n" + per_view_table(rows))
-    with open(paths["json"], "w") as f:
-        json.dump(rows, f, indent=1)
-    return paths
