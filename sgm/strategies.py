@@ -35,6 +35,7 @@ from sgm.util import ConfigError, get_obj_from_str
 
 DEFAULT_WRAP = ("sgm.modules.diffusionmodules.openaimodel.UNetBase",)  # image and video U-Nets alike
 SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP")
+FSDP_WRAPPED = "_fsdp_wrapped_module."  # the level FSDP inserts into the names below a wrapped module
 
 
 class FSDP(FSDPStrategy):
@@ -73,7 +74,7 @@ class FSDP(FSDPStrategy):
             setattr(parent, name, FullyShardedDataParallel(
                 child, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
                 sharding_strategy=self.sharding_strategy, device_id=device, **self.kwargs))
-        loose = [n for n, p in model.named_parameters() if p.requires_grad and "_fsdp_wrapped_module" not in n]
+        loose = [n for n, p in model.named_parameters() if p.requires_grad and FSDP_WRAPPED not in n]
         if loose:
             raise ConfigError(f"lightning.strategy.params.wrap: trainable parameters outside every FSDP unit would "
                               f"not be synchronised: {loose[:5]}; add their modules' classes to `wrap`")
@@ -165,9 +166,10 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float, strategy: 
 
 
 @contextmanager
-def full_parameters(module: torch.nn.Module, strategy: Any = None) -> Iterator[None]:
-    """Inside: `module`'s parameters whole on every rank (read-only; e.g. for an EMA update). Under `FSDP`
-    they are gathered from the shards; otherwise they are whole already."""
+def full_parameters(module: torch.nn.Module, strategy: Any = None) -> Iterator[dict[str, torch.nn.Parameter]]:
+    """Inside: {name: parameter} of `module`, whole on every rank and under the module's own names (read-only;
+    e.g. for an EMA update). Under `FSDP` they are gathered from the shards and FSDP's wrapper level is
+    dropped from the names; otherwise they are whole already."""
     if isinstance(strategy, FSDP):
         from torch.distributed.fsdp import FullyShardedDataParallel
 
@@ -175,7 +177,7 @@ def full_parameters(module: torch.nn.Module, strategy: Any = None) -> Iterator[N
     else:
         context = nullcontext()
     with context:
-        yield
+        yield {name.replace(FSDP_WRAPPED, ""): p for name, p in module.named_parameters()}
 
 
 def _outermost(model: torch.nn.Module, classes: tuple[type, ...]) -> list[tuple[torch.nn.Module, str, torch.nn.Module]]:

@@ -453,8 +453,8 @@ class DMDEngine(DiffusionEngine):
             for term in self.terms.values():
                 term.after_generator_step()
             if self.use_ema and not self.non_finite_guard.was_skipped("generator"):
-                with full_parameters(self.model, self.trainer.strategy):  # gathered from the shards under FSDP
-                    self.model_ema(self.model)
+                with full_parameters(self.model, self.trainer.strategy) as params:  # gathered from shards (FSDP)
+                    self.model_ema.update(params.items())
         reused = generated.step if generated is not None and self.critic_reuses_generator_sample else None
         log |= self._update("critic", lambda b: self.critic_loss_terms(b, reused), batch, critic_opt, critic_sched).log
         log |= {"lr/generator": generator_opt.param_groups[0]["lr"], "lr/critic": critic_opt.param_groups[0]["lr"]}

@@ -6,7 +6,7 @@ buffer per trainable parameter, named after the parameter with the dots removed.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -41,18 +41,28 @@ class LitEma(nn.Module):
             decay = min(decay, (1 + n) / (10 + n))
         return decay
 
-    @torch.no_grad()
     def forward(self, model: nn.Module) -> None:
-        """One EMA update: shadow -= (1 - decay) * (shadow - param)."""
+        """One EMA update from `model`'s parameters."""
+        self.update(model.named_parameters())
+
+    @torch.no_grad()
+    def update(self, named_parameters: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """One EMA update, shadow -= (1 - decay) * (shadow - param), from (name, parameter) pairs named as the
+        averaged module names them; a shadow left without its parameter is an error, never a silent skip."""
         if int(self.num_updates) >= 0:
             self.num_updates += 1
         one_minus_decay = 1.0 - self.effective_decay()
         shadows = dict(self.named_buffers())
-        for name, param in model.named_parameters():
+        updated = set()
+        for name, param in named_parameters:
             if name not in self.m_name2s_name:
                 continue
             shadow = shadows[self.m_name2s_name[name]]
             shadow.sub_(one_minus_decay * (shadow - param.detach().to(shadow.dtype)))
+            updated.add(name)
+        missing = sorted(set(self.m_name2s_name) - updated)
+        if missing:
+            raise RuntimeError(f"EMA update: {len(missing)} averaged parameters not found: {missing[:3]}")
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
