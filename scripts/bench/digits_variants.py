@@ -1,9 +1,9 @@
 """Digits: DMD2 students of one teacher that differ only in their configs (same seed, iterations, N).
 
-    # the critic's sigma law: the teacher's training law (default) vs DMD2's uniform grid
+    # the critic's sigma law: the teacher's training law vs DMD2's uniform grid (the default)
     python scripts/bench/digits_variants.py --teacher logs/<teacher run> --stem critic_sigma_law_digits \\
-        --variant "teacher law=configs/dmd/digits_dmd.yaml" \\
-        --variant "uniform grid=configs/dmd/digits_dmd.yaml+configs/dmd/critic_sigmas_grid.yaml"
+        --variant "teacher law=configs/dmd/digits_dmd.yaml+configs/dmd/critic_sigmas_teacher.yaml" \\
+        --variant "uniform grid=configs/dmd/digits_dmd.yaml"
     # loss terms: DMD alone, + the DINO-style semantic term, + the GAN term
     python scripts/bench/digits_variants.py --teacher logs/<teacher run> --stem digits_loss_terms \\
         --variant "DMD=configs/dmd/digits_dmd.yaml" --variant "DMD + semantic=configs/dmd/digits_dmd_dino.yaml" \\
