@@ -24,7 +24,6 @@ import datetime
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 
@@ -34,6 +33,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 import sgm  # noqa: E402,F401  (torchvision shim before anything imports Lightning)
+from student_runs import add_common_args, apply_quick, run_student  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 
 PLAIN = ["configs/dmd/moving_digits_dmd.yaml"]
@@ -69,40 +69,20 @@ class StepTimer(pl.Callback):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", default=DEFAULT_TEACHER, metavar="DIR", help="teacher run or export directory")
+    add_common_args(p, teacher=DEFAULT_TEACHER, clips=64, logdir="logs/bench_chain")
     p.add_argument("--plain", default=None, metavar="RUN", help="a trained plain DMD run (skips its training)")
     p.add_argument("--self_forcing", default=None, metavar="RUN", help="a trained Self-Forcing run (skips its training)")
-    p.add_argument("--iterations", type=int, default=None, help="DMD iterations of each run (default: the config's)")
-    p.add_argument("--clips", type=int, default=64, help="held-out clips per row")
     p.add_argument("--chunks", type=int, default=4, help="chained chunks of 8 frames per clip")
-    p.add_argument("--teacher_steps", type=int, default=None, help="teacher sampler steps (default: its own, 25)")
-    p.add_argument("--logdir", default="logs/bench_chain", help="root of the bench run directories")
-    p.add_argument("--docs", default=None, help="where the table, plot and GIFs go (default: docs; --quick: the bench dir)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="tiny end-to-end run: 2 iterations, 4 clips, teacher at 2 steps")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.iterations, args.clips, args.teacher_steps = 2, 4, 2
-    return args
+    return apply_quick(p.parse_args(argv))
 
 
 def distil(name: str, configs: list[str], bench_dir: str, args: argparse.Namespace) -> str:
     """One main.py run -> its run directory (with step_times.json)."""
-    from distill_moving_digits import teacher_ckpt
-
     run = os.path.join(bench_dir, name)
-    overrides = [f"model.params.teacher_ckpt_path={teacher_ckpt(args.teacher)}", "lightning.callbacks.video_eval=null",
-                 "lightning.trainer.enable_progress_bar=False",
+    overrides = ["lightning.callbacks.video_eval=null",
                  "lightning.callbacks.step_timer.target=chain_moving_digits.StepTimer",
                  f"lightning.callbacks.step_timer.params.path={os.path.join(run, 'step_times.json')}"]
-    if args.iterations is not None:
-        overrides.append(f"lightning.trainer.max_steps={args.iterations}")
-    overrides += QUICK_OVERRIDES if args.quick else []
-    cmd = ["--base", *configs, "-l", bench_dir, "-n", name, "--no_date", "-s", str(args.seed), *overrides]
-    print("$ python main.py " + " ".join(shlex.quote(a) for a in cmd), flush=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE, os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, "main.py", *cmd], cwd=ROOT, check=True, env=env)
-    return run
+    return run_student(name, configs, bench_dir, args, overrides + (QUICK_OVERRIDES if args.quick else []))[0]
 
 
 def seconds_per_iteration(run: str) -> float | None:

@@ -28,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 import sgm  # noqa: E402,F401  (torchvision shim before anything imports Lightning)
+from student_runs import teacher_ckpt  # noqa: E402
 
 CONFIG = "configs/dmd/moving_digits_dmd.yaml"
 DEFAULT_TEACHER = "assets/moving_digits_teacher"
@@ -51,15 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.iterations, args.clips, args.teacher_eval_steps = 2, 4, [1]
     return args
-
-
-def teacher_ckpt(teacher: str) -> str:
-    """The weights file of a run directory (checkpoints/last.ckpt) or an export (model.safetensors)."""
-    for name in ("model.safetensors", os.path.join("checkpoints", "last.ckpt")):
-        path = os.path.join(teacher, name)
-        if os.path.isfile(path):
-            return path
-    raise SystemExit(f"error: --teacher {teacher}: no model.safetensors or checkpoints/last.ckpt in it")
 
 
 def distil(bench_dir: str, args: argparse.Namespace) -> str:

@@ -23,7 +23,6 @@ import glob
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 
@@ -33,6 +32,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 import sgm  # noqa: E402,F401  (torchvision shim before anything imports Lightning)
+from student_runs import add_common_args, apply_quick, run_student  # noqa: E402
 
 ONE_STEP = ["configs/dmd/multiview_digits_dmd.yaml"]
 FOUR_STEP = ONE_STEP + ["configs/dmd/multiview_digits_dmd_4step.yaml"]
@@ -42,20 +42,10 @@ QUICK_OVERRIDES = ["data.params.batch_size=2"]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", default=DEFAULT_TEACHER, metavar="RUN_DIR", help="the teacher's main.py run")
+    add_common_args(p, teacher=DEFAULT_TEACHER, clips=32, logdir="logs/bench_multiview")
     p.add_argument("--student_1step", default=None, metavar="RUN", help="a trained 1-step run (skips its training)")
     p.add_argument("--student_4step", default=None, metavar="RUN", help="a trained 4-step run (skips its training)")
-    p.add_argument("--iterations", type=int, default=None, help="DMD iterations of each run (default: the config's)")
-    p.add_argument("--clips", type=int, default=32, help="held-out windows per row")
-    p.add_argument("--teacher_steps", type=int, default=None, help="teacher sampler steps (default: its config's)")
-    p.add_argument("--logdir", default="logs/bench_multiview", help="root of the bench run directories")
-    p.add_argument("--docs", default=None, help="where the table and GIFs go (default: docs; --quick: the bench dir)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="tiny end-to-end run: 2 iterations, 4 clips, teacher at 2 steps")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.iterations, args.clips, args.teacher_steps = 2, 4, 2
-    return args
+    return apply_quick(p.parse_args(argv))
 
 
 def window_settings(teacher: str) -> dict:
@@ -72,18 +62,7 @@ def window_settings(teacher: str) -> dict:
 
 def distil(name: str, configs: list[str], bench_dir: str, args: argparse.Namespace) -> tuple[str, str]:
     """One main.py run -> (its run directory, the command)."""
-    from distill_moving_digits import teacher_ckpt
-
-    overrides = [f"model.params.teacher_ckpt_path={teacher_ckpt(args.teacher)}",
-                 "lightning.trainer.enable_progress_bar=False"]
-    if args.iterations is not None:
-        overrides.append(f"lightning.trainer.max_steps={args.iterations}")
-    overrides += QUICK_OVERRIDES if args.quick else []
-    cmd = ["--base", *configs, "-l", bench_dir, "-n", name, "--no_date", "-s", str(args.seed), *overrides]
-    command = "python main.py " + " ".join(shlex.quote(a) for a in cmd)
-    print("$ " + command, flush=True)
-    subprocess.run([sys.executable, "main.py", *cmd], cwd=ROOT, check=True)
-    return os.path.join(bench_dir, name), command
+    return run_student(name, configs, bench_dir, args, QUICK_OVERRIDES if args.quick else [])
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
