@@ -3,11 +3,9 @@ tiny random SVD-architecture teacher (1-step student): the rollout runs exactly 
 without grad; the drawn chunk, its teacher and its critic are conditioned on the student's own last frame; the
 given frame is masked; gradients cross chunks only when switched on; the draw is the same on 2 gloo ranks and
 after a resume. Also the batch re-conditioning, chained sampling (script and per-chunk evaluation)."""
-import glob
 import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
@@ -26,6 +24,7 @@ from sgm.util import fold_frames, instantiate_from_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from test_dmd_video import T, save_tiny_teacher, video_batch  # noqa: E402
+from two_ranks import run_two_ranks  # noqa: E402
 
 CONFIGS = [os.path.join(ROOT, "configs/dmd/moving_digits_dmd.yaml"),
            os.path.join(ROOT, "configs/dmd/moving_digits_dmd_chain.yaml")]
@@ -250,19 +249,9 @@ class ChunkRecorder(pl.Callback):
 
 @pytest.mark.slow
 def test_two_gloo_ranks_draw_the_same_chunks(teacher_file, tmp_path):
-    probe = str(tmp_path / "ranks")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests"), ROOT])}
-    out = subprocess.run(
-        [sys.executable, "main.py", "--base", *CONFIGS, "-l", str(tmp_path / "logs"), "-n", "chain_ddp",
-         "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp_find_unused_parameters_true", "--max_steps", "4",
-         f"model.params.teacher_ckpt_path={teacher_file}", "model.params.generator_update_interval=2",
-         "data.params.batch_size=1", "lightning.callbacks.image_logger.params.batch_frequency=1000",
-         "lightning.trainer.enable_progress_bar=False", "lightning.callbacks.video_eval=null",
-         "lightning.callbacks.chunk_recorder.target=test_dmd_chain.ChunkRecorder",
-         f"lightning.callbacks.chunk_recorder.params.out_dir={probe}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert out.returncode == 0, out.stderr[-4000:]
-    first, second = (json.load(open(p)) for p in sorted(glob.glob(os.path.join(probe, "rank*.json"))))
+    first, second = run_two_ranks(
+        tmp_path, CONFIGS, teacher_file, "test_dmd_chain.ChunkRecorder", 4, "model.params.generator_update_interval=2",
+        "model.params.critic_reuses_generator_sample=False", timeout=600)  # every critic step draws: 4 + 2 draws
     assert (first["rank"], second["rank"]) == (0, 1) and len(first["draws"]) == 4 + 2  # critic 4x, generator 2x
     steps = lambda record: [d[:3] for d in record["draws"]]  # noqa: E731  (step, stream, chunk)
     assert steps(first) == steps(second)

@@ -2,11 +2,9 @@
 Both ranks must draw the same exit steps (rollout.draw_exit_step is seeded by the step, not the
 global RNG) and end with identical generator, EMA and critic weights (gradients are all-reduced;
 each rank sees different data)."""
-import glob
 import hashlib
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -14,6 +12,7 @@ import torch
 
 import sgm  # noqa: F401  (before Lightning: torchvision shim)
 import pytorch_lightning as pl
+from two_ranks import run_two_ranks  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,20 +67,11 @@ def test_two_rank_ddp_run_keeps_exit_steps_and_weights_identical(tmp_path):
     from test_dmd_video import save_tiny_teacher
 
     teacher = save_tiny_teacher(str(tmp_path / "teacher.safetensors"))
-    probe_dir = str(tmp_path / "ranks")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests"), ROOT])}  # the probe callback
-    out = subprocess.run(
-        [sys.executable, "main.py", "--base", "configs/dmd/moving_digits_dmd.yaml", "-l", str(tmp_path / "logs"),
-         "-n", "ddp", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp_find_unused_parameters_true", "--max_steps", "4",
-         f"model.params.teacher_ckpt_path={teacher}", "model.params.generator_update_interval=2",
-         "model.params.sampler_config.params.discretization_config.params.num_steps=4",
-         "data.params.batch_size=1", "lightning.callbacks.image_logger.params.batch_frequency=1000",
-         "lightning.trainer.enable_progress_bar=False", "lightning.callbacks.video_eval=null",
-         "lightning.callbacks.rank_recorder.target=test_dmd_ddp.RankRecorder",
-         f"lightning.callbacks.rank_recorder.params.out_dir={probe_dir}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0, out.stderr[-4000:]
-    records = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(probe_dir, "rank*.json")))]
+    records = run_two_ranks(
+        tmp_path, ["configs/dmd/moving_digits_dmd.yaml"], teacher, "test_dmd_ddp.RankRecorder", 4,
+        "model.params.generator_update_interval=2",
+        "model.params.critic_reuses_generator_sample=False",  # every critic step rolls out: 4 + 2 rollouts
+        "model.params.sampler_config.params.discretization_config.params.num_steps=4")
     assert [r["rank"] for r in records] == [0, 1] and {r["world_size"] for r in records} == {2}
     first, second = records
     assert first["global_step"] == second["global_step"] == 4

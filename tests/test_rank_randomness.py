@@ -4,7 +4,6 @@ import glob
 import hashlib
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -14,6 +13,7 @@ import sgm  # noqa: F401  (before Lightning: torchvision shim)
 import pytorch_lightning as pl
 from sgm.data.resumable import ResumableDataLoader
 from sgm.rng import seed_step, step_seed
+from two_ranks import run_two_ranks  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,20 +90,8 @@ def test_two_gloo_ranks_draw_different_noise_and_sigmas_and_share_one_run_dir(tm
     from test_dmd_video import save_tiny_teacher
 
     teacher = save_tiny_teacher(str(tmp_path / "teacher.safetensors"))
-    probe = str(tmp_path / "ranks")
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests"), ROOT])}
-    out = subprocess.run(
-        [sys.executable, "main.py", "--base", "configs/dmd/moving_digits_dmd.yaml", "-l", str(tmp_path / "logs"),
-         "-n", "ranks", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp_find_unused_parameters_true",
-         "--max_steps", "1", f"model.params.teacher_ckpt_path={teacher}", "model.params.generator_update_interval=2",
-         "data.params.batch_size=1", "lightning.callbacks.image_logger.params.batch_frequency=1000",
-         "lightning.trainer.enable_progress_bar=False", "lightning.callbacks.video_eval=null",
-         "lightning.callbacks.noise_recorder.target=test_rank_randomness.NoiseRecorder",
-         f"lightning.callbacks.noise_recorder.params.out_dir={probe}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0, out.stderr[-4000:]
-    first, second = (json.load(open(p)) for p in sorted(glob.glob(os.path.join(probe, "rank*.json"))))
+    first, second = run_two_ranks(tmp_path, ["configs/dmd/moving_digits_dmd.yaml"], teacher,
+                                  "test_rank_randomness.NoiseRecorder", 1, "model.params.generator_update_interval=2")
     assert len(first["draws"]) == len(second["draws"]) == 1  # the DMD term's draw at generator step 0
     for a, b in zip(first["draws"], second["draws"]):
         assert a[0] == b[0] and a[1] != b[1], a[0]  # same step, different eps
