@@ -57,7 +57,7 @@ def train(bench_dir: str, name: str, reuse: bool, args: argparse.Namespace) -> t
     teacher = os.path.abspath(os.path.join(args.teacher, "checkpoints", "last.ckpt"))
     cmd = ["main.py", "--base", *CONFIGS, "-l", bench_dir, "-n", name, "--no_date", "--max_steps",
            str(args.iterations), "-s", str(args.seed), f"model.params.teacher_ckpt_path={teacher}",
-           f"model.params.critic_reuses_generator_sample={reuse}", *QUIET,
+           f"model.params.critic_reuses_generator_sample={reuse}", f"data.params.batch_size={args.batch}", *QUIET,
            "lightning.callbacks.timer.target=critic_reuse.IterationTimer",
            f"lightning.callbacks.timer.params.path={timings}"]
     print("$ python " + " ".join(shlex.quote(a) for a in cmd), flush=True)
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", required=True, metavar="RUN_DIR", help="a trained digits teacher run")
     p.add_argument("--iterations", type=int, default=250)
+    p.add_argument("--batch", type=int, default=128, help="data.params.batch_size (the config's: 128)")
     p.add_argument("--skip", type=int, default=10, help="warm-up iterations left out of the timing")
     p.add_argument("--n", type=int, default=1000, help="samples scored per student")
     p.add_argument("--seed", type=int, default=0)
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[bench] {name}: {rows[-1]}", flush=True)
     command = "python scripts/bench/critic_reuse.py " + " ".join(shlex.quote(a) for a in raw)
     lines = [f"`{command}` (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; 4-step digits student, "
-             f"{args.iterations} iterations, batch 128, seed {args.seed}; N = {args.n} samples scored)", "",
+             f"{args.iterations} iterations, batch {args.batch}, seed {args.seed}; N = {args.n} samples scored)", "",
              "| critic_reuses_generator_sample | CPU s/iteration (mean) | wall s/iteration (mean / median) | "
              "accuracy | FD | coverage |", "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['reuse']} | {r['cpu_per_iter']:.3f} | {r['wall_per_iter']:.3f} / {r['wall_median']:.3f} | "

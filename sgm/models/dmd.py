@@ -160,7 +160,7 @@ class DMDEngine(DiffusionEngine):
         teacher_ckpt_path: str | None = None,  # file that initialises the roles (see module doc)
         ckpt_path: str | None = None,  # generator init file (engine layout); None: the teacher
         generator_update_interval: int = 5,  # generator steps at global steps 0, k, 2k, ...
-        critic_reuses_generator_sample: bool = False,  # critic after a generator step: its detached x0, no new rollout
+        critic_reuses_generator_sample: bool = True,  # critic after a generator step: its detached x0 (docs/critic_reuse.md)
         generator_grad_clip: float | None = None,  # max grad norm of the generator (None: off)
         max_non_finite_steps: int = 10,  # this many skipped (NaN/inf) steps of one role in a row stop the run
         dmd_weight: float = 1.0,  # weight of the DMD loss
