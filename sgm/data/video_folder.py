@@ -141,7 +141,7 @@ def resize_center_crop(frames: np.ndarray, size: tuple[int, int]) -> torch.Tenso
         video = F.interpolate(video, size=resized, mode="bicubic", antialias=True, align_corners=False)
     top, left = (resized[0] - height) // 2, (resized[1] - width) // 2
     video = video[..., top:top + height, left:left + width]  # (t, 3, H, W)
-    return (video / 127.5 - 1.0).clamp(-1.0, 1.0)
+    return (video / 127.5 - 1.0).clamp(-1.0, 1.0).contiguous()  # the standard layout, whatever the crop left
 
 
 def with_motion_buckets(sources: list[VideoSource], folder: str) -> list[VideoSource]:
@@ -223,6 +223,30 @@ class VideoClips(Dataset):
         indices = list(range(start, start + span, self.frame_stride))
         return read_frames(source.path, indices), indices
 
+    def conditioned(self, source: VideoSource, frames: np.ndarray, generator: torch.Generator, seed: int) -> dict:
+        """A read clip (t, h, w, 3) uint8 -> the item: the clip as the model sees it and its micro-conditioning."""
+        video = resize_center_crop(frames, self.size)  # (t, 3, H, W)
+        if self.motion_mode == "flow":
+            motion = float(motion_bucket_of(video, self.motion_bucket_scale))
+        elif self.motion_mode == "file":
+            motion = float(source.motion_bucket_id)
+        else:
+            motion = float(self.motion_law.sample(1, generator)[0])
+        return {
+            "video": video,
+            "fps_id": self.fps_id(source, generator),
+            "motion_bucket_id": motion,
+            "cond_aug": float(self.cond_aug_law.sample(1, generator)[0]),
+            "seed": seed,
+        }
+
+    def exact_item(self, index: int, seed: int) -> dict:
+        """Item (index, seed) of video `index` itself: a file that cannot be read raises instead of being
+        replaced (the conditioning cache encodes exactly these clips)."""
+        source, generator = self.sources[index], torch.Generator().manual_seed(seed)
+        frames, _ = self.clip(source, generator)  # (t, h, w, 3) uint8
+        return self.conditioned(source, frames, generator, seed)
+
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item
         for attempt in range(len(self.sources)):  # a file that fails now is replaced by the next one
@@ -235,20 +259,7 @@ class VideoClips(Dataset):
                     self.failed.add(source.path)
                     warnings.warn(f"skipping {source.path}: {type(error).__name__}: {error}", stacklevel=2)
                 continue
-            video = resize_center_crop(frames, self.size)  # (t, 3, H, W)
-            if self.motion_mode == "flow":
-                motion = float(motion_bucket_of(video, self.motion_bucket_scale))
-            elif self.motion_mode == "file":
-                motion = float(source.motion_bucket_id)
-            else:
-                motion = float(self.motion_law.sample(1, generator)[0])
-            return {
-                "video": video,
-                "fps_id": self.fps_id(source, generator),
-                "motion_bucket_id": motion,
-                "cond_aug": float(self.cond_aug_law.sample(1, generator)[0]),
-                "seed": seed,
-            }
+            return self.conditioned(source, frames, generator, seed)
         raise RuntimeError(f"no video under the data folder could be read ({len(self.failed)} failed)")
 
 
@@ -295,7 +306,7 @@ class VideoFolderDataModule(pl.LightningDataModule):
             raise ValueError(f"num_frames and frame_stride must be >= 1, got {num_frames}, {frame_stride}")
         self.folder, self.size = folder, (int(size[0]), int(size[1]))
         self.num_frames, self.frame_stride = num_frames, frame_stride
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.batch_size, self.num_workers, self.seed, self.input_key = batch_size, num_workers, seed, input_key
         cond_aug = {"log_normal": list(SVD_COND_AUG_LOG_NORMAL)} if cond_aug is None else cond_aug
         self.clip_kwargs = dict(fps_id=fps_id, motion_bucket_id=motion_bucket_id, cond_aug=cond_aug,
                                 frames_fps=frames_fps, motion_bucket_scale=motion_bucket_scale)
