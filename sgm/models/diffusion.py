@@ -20,6 +20,7 @@ from torch import nn
 from sgm.io.checkpoint import load_weights, read_state_dict
 from sgm.modules import UNCONDITIONAL_CONFIG
 from sgm.modules.diffusionmodules.loss import frames_per_clip
+from sgm.modules.encoders.modules import CACHED_SUFFIX
 from sgm.modules.ema import LitEma
 from sgm.modules.diffusionmodules.wrappers import DEFAULT_WRAPPER
 from sgm.util import (
@@ -114,6 +115,15 @@ class DiffusionEngine(pl.LightningModule):
                            f"batch keys: {sorted(batch)}")
         return batch[self.input_key]
 
+    def input_latents(self, batch: dict) -> torch.Tensor:
+        """x0 of batch[input_key] ((b t), C, h, w): scale_factor * the first stage's encoding, which a batch from a
+        conditioning cache carries precomputed as `<input_key>__cached` (sgm.data.conditioning_cache); then
+        the VAE encoder does not run."""
+        cached = batch.get(self.input_key + CACHED_SUFFIX)
+        if cached is None:
+            return self.encode_first_stage(self.get_input(batch))
+        return self.scale_factor * cached.to(self.device)
+
     def _first_stage_autocast(self):
         if not self.disable_first_stage_autocast:
             return nullcontext()
@@ -147,7 +157,7 @@ class DiffusionEngine(pl.LightningModule):
     # ------------------------------------------------------------------ training
     def training_inputs(self, batch: dict) -> DenoisingInputs:
         """One training step's x0, conditions (CFG dropout applied) and loss draws, in that order."""
-        x0 = self.encode_first_stage(self.get_input(batch))  # (N, ...)
+        x0 = self.input_latents(batch)  # (N, ...)
         rows = x0.shape[0]
         cond = broadcast_cond_to_rows(self.conditioner(batch), rows)
         num_frames = frames_per_clip(batch, rows)

@@ -286,7 +286,7 @@ class DMDEngine(DiffusionEngine):
             rows = max(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.ndim > 0)
             shape = (rows, *latent_shape)
         else:
-            shape = tuple(self.encode_first_stage(self.get_input(batch)).shape)
+            shape = tuple(self.input_latents(batch).shape)
         num_frames = frames_per_clip(batch, shape[0])
         return DMDInputs(broadcast_cond_to_rows(c, shape[0]), broadcast_cond_to_rows(uc, shape[0]),
                          self.loss_fn.model_inputs(batch), shape, num_frames)
@@ -355,7 +355,7 @@ class DMDEngine(DiffusionEngine):
         if self.input_key not in batch:
             raise ConfigError(f"{needed_by} needs real data: the batch has no '{self.input_key}' "
                               f"(keys: {sorted(batch)}); use a data module that yields target frames")
-        return self.encode_first_stage(self.get_input(batch))
+        return self.input_latents(batch)
 
     # ------------------------------------------------------------------ the two losses
     def generator_loss_terms(self, batch: dict) -> LossTerms:

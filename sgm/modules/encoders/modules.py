@@ -50,7 +50,8 @@ OUTPUT_DIM2KEYS = {2: "vector", 3: "crossattn", 4: "concat"}  # embedding rank -
 KEY2CATDIM = {"vector": 1, "crossattn": 2, "concat": 1, "cond_view": 1, "cond_motion": 1}
 DEFAULT_CATDIM = 1  # for explicit output keys not listed above
 # A batch entry `<input_key>__cached` is that embedder's output computed beforehand
-# (sgm.data.conditioning_cache); the conditioner uses it instead of running the embedder.
+# (sgm.data.conditioning_cache); the conditioner uses it instead of running the embedder. The engine reads
+# `<model input_key>__cached` the same way, as the first stage's encoding (DiffusionEngine.input_latents).
 CACHED_SUFFIX = "__cached"
 
 # CLIP image normalisation constants (open_clip's OPENAI_DATASET_MEAN / _STD).
