@@ -100,12 +100,8 @@ def test_cached_conditioning_is_bit_identical_to_the_live_embedders_which_are_sk
     assert noise.abs().sum() > 0  # the encoded frames are the noise-augmented ones
 
 
-def test_stale_or_mismatched_caches_are_refused_by_name(cached, tmp_path):
-    with pytest.raises(StaleCacheError, match=r"built at size \[16, 16\], the config asks \[32, 32\]"):
-        data_module(cached, size=[32, 32])
-    with pytest.raises(StaleCacheError, match="drew cond_aug from Uniform"):
-        data_module(cached, cond_aug=0.02)
-
+def other_weights(tmp_path) -> str:
+    """The teacher's weights with one CLIP tensor nudged, as another .safetensors file."""
     from safetensors.torch import load_file, save_file
 
     weights = load_file(WEIGHTS)
@@ -113,6 +109,16 @@ def test_stale_or_mismatched_caches_are_refused_by_name(cached, tmp_path):
     weights[key] = weights[key] + 1e-3
     other = str(tmp_path / "other_model.safetensors")
     save_file(weights, other)
+    return other
+
+
+def test_stale_or_mismatched_caches_are_refused_by_name(cached, tmp_path):
+    with pytest.raises(StaleCacheError, match=r"built at size \[16, 16\], the config asks \[32, 32\]"):
+        data_module(cached, size=[32, 32])
+    with pytest.raises(StaleCacheError, match="drew cond_aug from Uniform"):
+        data_module(cached, cond_aug=0.02)
+
+    other = other_weights(tmp_path)
     with pytest.raises(StaleCacheError, match=r"other embedder weights \(model.safetensors, conditioner.embedders.0."
                                               r", conditioner.embedders.3.\) than .*other_model.safetensors"):
         data_module(cached, ckpt_path=other)
@@ -167,11 +173,9 @@ def video_overrides(folder, cache=None) -> list[str]:
 def video_cached(tmp_path_factory):
     """6 moving-digits mp4 clips of 12 frames (5 starts for an 8-frame clip) and their cache with latents."""
     root = tmp_path_factory.mktemp("video_cache")
-    spec = __import__("importlib.util").util.spec_from_file_location(
-        "write_moving_digits", os.path.join(ROOT, "scripts/write_moving_digits.py"))
-    writer = __import__("importlib.util").util.module_from_spec(spec)
-    spec.loader.exec_module(writer)
-    writer.main([str(root / "videos"), "--clips", "6", "--num_frames", "12"])
+    from scripts.write_moving_digits import main as write_moving_digits
+
+    write_moving_digits([str(root / "videos"), "--clips", "6", "--num_frames", "12"])
     manifest = load_script().main(["--config", FINETUNE, "--out", str(root / "cache"), "--latents", "--variants", "3",
                                    "--shard_size", "4", *video_overrides(root / "videos")])
     assert manifest["kind"] == "videos" and manifest["latents"] and len(manifest["shards"]) == 2
@@ -250,13 +254,7 @@ def test_stale_video_caches_are_refused_by_name(video_cached, tmp_path):
     with pytest.raises(StaleCacheError, match="built with fps_id from the video .* the config asks Uniform"):
         video_data(video_cached, "data.params.fps_id=[4,8]")
 
-    from safetensors.torch import load_file, save_file
-
-    weights = load_file(WEIGHTS)
-    key = next(k for k in sorted(weights) if k.startswith("conditioner.embedders.0."))
-    weights[key] = weights[key] + 1e-3
-    other = str(tmp_path / "other_model.safetensors")
-    save_file(weights, other)
+    other = other_weights(tmp_path)
     with pytest.raises(StaleCacheError, match=r"other embedder and first-stage weights \(model.safetensors, "
                                               r"conditioner.embedders.0., conditioner.embedders.3., "
                                               r"first_stage_model.\) than .*other_model.safetensors"):

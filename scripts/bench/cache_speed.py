@@ -24,15 +24,6 @@ CONFIG = os.path.join(ROOT, "configs/example_training/toy/moving_digits_finetune
 CACHED = "sgm.data.conditioning_cache.CachedVideoFolderDataModule"
 
 
-def load_script(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def forever(loader):
     """The loader's batches, pass after pass."""
     while True:
@@ -49,14 +40,16 @@ def main(argv: list[str] | None = None) -> dict:
     os.chdir(ROOT)  # the config's weights path is relative to the repository
     import torch
 
+    from scripts.cache_conditioning import main as cache_conditioning
+    from scripts.write_moving_digits import main as write_moving_digits
     from sgm.config import load_configs
     from sgm.util import instantiate_from_config
 
     with tempfile.TemporaryDirectory() as tmp:
         videos, cache = os.path.join(tmp, "videos"), os.path.join(tmp, "cache")
-        load_script("write_moving_digits").main([videos, "--clips", str(args.clips)])
+        write_moving_digits([videos, "--clips", str(args.clips)])
         common = [f"data.params.folder={videos}", f"data.params.batch_size={args.batch}"]
-        load_script("cache_conditioning").main(["--config", CONFIG, "--out", cache, "--latents", *common])
+        cache_conditioning(["--config", CONFIG, "--out", cache, "--latents", *common])
         swap = [f"data.target={CACHED}", f"data.params.cache={cache}", "data.params.ckpt_path=${model.params.ckpt_path}"]
         torch.manual_seed(0)
         engine = instantiate_from_config(load_configs([CONFIG], common).model, learning_rate=1e-4)
