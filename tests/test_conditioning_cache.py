@@ -148,7 +148,7 @@ def test_main_distils_from_cached_conditioning(cached, tmp_path):
         "num_frames": 8, "batch_size": 2, "cond_aug": [0.01, 0.2]}})
     OmegaConf.save(config, tmp_path / "dmd_cached.yaml")
     out = subprocess.run([sys.executable, "main.py", "--base", str(tmp_path / "dmd_cached.yaml"), "-l", str(tmp_path),
-                          "-n", "cached", "--max_steps", "2", "model.params.generator_update_interval=2",
+                          "-n", "cached", "--max_steps", "2", "model.params.generator.update_interval=2",
                           "lightning.trainer.enable_progress_bar=False", "lightning.trainer.log_every_n_steps=1",
                           "lightning.callbacks.image_logger.params.batch_frequency=1000"],
                          cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -188,7 +188,7 @@ def test_a_detached_dmd_loss_is_flagged():
 
 
 def test_dmd_run_logs_statistics_images_and_a_verdict(tmp_path):
-    engine, logger = dmd_engine("model.params.generator_update_interval=1"), MemoryLogger()
+    engine, logger = dmd_engine("model.params.generator.update_interval=1"), MemoryLogger()
     callback = LossDiagnostics(every_n_steps=2, image_every_n_steps=2, max_images=4, teacher_samples=8,
                                teacher_steps=2)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=3, logger=logger, callbacks=[callback],

@@ -213,7 +213,8 @@ def record_draws(engine) -> list:
 
 
 def test_a_resumed_run_draws_the_same_chunks_and_ends_with_the_same_weights(teacher_file, tmp_path):
-    overrides = ("model.params.generator_update_interval=2",)
+    overrides = ("model.params.generator.update_interval=2",
+                 "model.params.critic.reuse_generator_sample=False")  # every critic step draws its own chunk
     straight = build(teacher_file, *overrides)
     straight_draws = record_draws(straight)
     fit(straight, max_steps=4)
@@ -250,8 +251,8 @@ class ChunkRecorder(pl.Callback):
 @pytest.mark.slow
 def test_two_gloo_ranks_draw_the_same_chunks(teacher_file, tmp_path):
     first, second = run_two_ranks(
-        tmp_path, CONFIGS, teacher_file, "test_dmd_chain.ChunkRecorder", 4, "model.params.generator_update_interval=2",
-        "model.params.critic_reuses_generator_sample=False", timeout=600)  # every critic step draws: 4 + 2 draws
+        tmp_path, CONFIGS, teacher_file, "test_dmd_chain.ChunkRecorder", 4, "model.params.generator.update_interval=2",
+        "model.params.critic.reuse_generator_sample=False", timeout=600)  # every critic step draws: 4 + 2 draws
     assert (first["rank"], second["rank"]) == (0, 1) and len(first["draws"]) == 4 + 2  # critic 4x, generator 2x
     steps = lambda record: [d[:3] for d in record["draws"]]  # noqa: E731  (step, stream, chunk)
     assert steps(first) == steps(second)

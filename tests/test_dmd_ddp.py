@@ -69,8 +69,8 @@ def test_two_rank_ddp_run_keeps_exit_steps_and_weights_identical(tmp_path):
     teacher = save_tiny_teacher(str(tmp_path / "teacher.safetensors"))
     records = run_two_ranks(
         tmp_path, ["configs/dmd/moving_digits_dmd.yaml"], teacher, "test_dmd_ddp.RankRecorder", 4,
-        "model.params.generator_update_interval=2",
-        "model.params.critic_reuses_generator_sample=False",  # every critic step rolls out: 4 + 2 rollouts
+        "model.params.generator.update_interval=2",
+        "model.params.critic.reuse_generator_sample=False",  # every critic step rolls out: 4 + 2 rollouts
         "model.params.sampler_config.params.discretization_config.params.num_steps=4")
     assert [r["rank"] for r in records] == [0, 1] and {r["world_size"] for r in records} == {2}
     first, second = records

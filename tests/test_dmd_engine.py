@@ -170,7 +170,7 @@ def fit(engine, batches: int, max_steps: int, ckpt_path: str | None = None, save
 
 
 def test_training_schedule_and_frozen_parts(teacher_ckpt):
-    engine = build(teacher_ckpt, "model.params.generator_update_interval=2")
+    engine = build(teacher_ckpt, "model.params.generator.update_interval=2")
     frozen = {name: network_state(getattr(engine, name)) for name in ("real_score", "conditioner", "first_stage_model")}
     generator, critic = network_state(engine.model), network_state(engine.fake_score)
     trainer = fit(engine, batches=8, max_steps=5)
@@ -186,7 +186,7 @@ def test_training_schedule_and_frozen_parts(teacher_ckpt):
 
 
 def test_resume_continues_exactly(teacher_ckpt, tmp_path):
-    overrides = ("model.params.generator_update_interval=2",)
+    overrides = ("model.params.generator.update_interval=2",)
     straight = build(teacher_ckpt, *overrides)
     fit(straight, batches=10, max_steps=6)
     first = build(teacher_ckpt, *overrides)
@@ -217,7 +217,7 @@ def logged(logdir: str, key: str) -> list[tuple[int, float]]:
 
 @pytest.mark.slow
 def test_main_trains_logs_checkpoints_and_resumes(teacher_ckpt, tmp_path):
-    common = [*TINY, "data.params.batch_size=8", "model.params.generator_update_interval=2",
+    common = [*TINY, "data.params.batch_size=8", "model.params.generator.update_interval=2",
               "lightning.callbacks.image_logger.params.batch_frequency=3",
               "lightning.callbacks.image_logger.params.log_images_kwargs.N=4",
               "lightning.trainer.log_every_n_steps=1", "lightning.trainer.enable_progress_bar=False"]

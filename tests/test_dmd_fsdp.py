@@ -35,12 +35,12 @@ pytestmark = [
 CLIP = 0.01  # below the critic's gradient norms (asserted; the generator's start near 0: teacher = critic)
 TRAIN = [
     "model.params.network_config.params.model_channels=32", "model.params.network_config.params.num_res_blocks=1",
-    "model.params.network_config.params.channel_mult=[1]", "model.params.generator_update_interval=2",
+    "model.params.network_config.params.channel_mult=[1]", "model.params.generator.update_interval=2",
     "model.base_learning_rate=0.02", "data.params.batch_size=8",
     "model.params.optimizer_config.target=torch.optim.SGD", "model.params.optimizer_config.params.momentum=0.9",
     "model.params.critic.optimizer_config.target=torch.optim.SGD",
     "model.params.critic.optimizer_config.params.momentum=0.9",
-    f"model.params.generator_grad_clip={CLIP}", f"model.params.critic.grad_clip={CLIP}",
+    f"model.params.generator.grad_clip={CLIP}", f"model.params.critic.grad_clip={CLIP}",
     "lightning.callbacks.image_logger.params.batch_frequency=1000", "lightning.trainer.enable_progress_bar=False",
     "lightning.trainer.log_every_n_steps=1", "lightning.modelcheckpoint.params.every_n_train_steps=3",
     "lightning.modelcheckpoint.params.save_top_k=-1",

@@ -62,7 +62,7 @@ def build_engine() -> DMDEngine:
             discretization_config=c(f"{M}.diffusionmodules.discretizer.EDMDiscretization",
                                     sigma_min=0.002, sigma_max=SIGMA_MAX, rho=1.0)),
         inputs={"latent_shape": [2]},  # data-free: the batch only says how many samples
-        generator_update_interval=2,
+        generator={"update_interval": 2},
     )
 
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 LORA = ("model.params.lora.generator.rank=4", "model.params.lora.generator.alpha=8",
         "model.params.lora.critic.rank=2", "model.params.lora.critic.alpha=2",
-        "model.params.generator_update_interval=2")
+        "model.params.generator.update_interval=2")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_frozen_base_is_bit_identical_after_steps(teacher_ckpt):
 
 
 ON_TEACHER = ("model.params.lora.critic.rank=4", "model.params.lora.critic_on_teacher=true",
-              "model.params.generator_update_interval=2")
+              "model.params.generator.update_interval=2")
 
 
 @pytest.mark.parametrize("overrides", [LORA, ON_TEACHER], ids=["lora", "critic_on_teacher"])
@@ -180,7 +180,7 @@ def test_critic_on_the_teachers_weights(teacher_ckpt):
     """lora.critic_on_teacher: one U-Net less; the teacher still sees W0 alone, the critic W0 + its adapters."""
     plain = build(teacher_ckpt)
     shared = build(teacher_ckpt, "model.params.lora.critic.rank=4", "model.params.lora.critic_on_teacher=true",
-                   "model.params.generator_update_interval=2")
+                   "model.params.generator.update_interval=2")
     assert shared.fake_score.model is shared.real_score.role.model
     unet = sum(p.numel() for p in plain.fake_score.model.parameters())
     count = lambda engine: sum(p.numel() for p in engine.parameters())  # noqa: E731  (shared counted once)

@@ -1,4 +1,4 @@
-"""critic_reuses_generator_sample (DMD2's behaviour): the critic step after a generator step trains on
+"""critic.reuse_generator_sample (DMD2's behaviour): the critic step after a generator step trains on
 that step's detached sample instead of a rollout of its own. Counted in generator forwards over a few
 iterations of a 4-step student, with the option on and off; the critic's input is the generator's x0."""
 import pytest
@@ -34,8 +34,8 @@ def count_generator_forwards(engine) -> list[int]:
 
 @pytest.mark.parametrize("reuse", [False, True])
 def test_generator_forwards_over_iterations(teacher_ckpt, reuse):
-    engine = build(teacher_ckpt, FOUR_STEPS, f"model.params.generator_update_interval={INTERVAL}",
-                   f"model.params.critic_reuses_generator_sample={reuse}")
+    engine = build(teacher_ckpt, FOUR_STEPS, f"model.params.generator.update_interval={INTERVAL}",
+                   f"model.params.critic.reuse_generator_sample={reuse}")
     calls = count_generator_forwards(engine)
     fit(engine, batches=ITERATIONS, max_steps=ITERATIONS)
     assert calls[0] == expected_forwards(reuse)
@@ -46,8 +46,8 @@ def test_generator_forwards_over_iterations(teacher_ckpt, reuse):
 
 
 def test_the_critic_trains_on_the_generators_detached_sample(teacher_ckpt):
-    engine = build(teacher_ckpt, FOUR_STEPS, "model.params.generator_update_interval=2",
-                   "model.params.critic_reuses_generator_sample=True")
+    engine = build(teacher_ckpt, FOUR_STEPS, "model.params.generator.update_interval=2",
+                   "model.params.critic.reuse_generator_sample=True")
     generated, critic_inputs = [], []
     generator_loss_terms, denoising_loss = engine.generator_loss_terms, engine.loss_fn.loss
 

@@ -111,7 +111,7 @@ def test_planted_fault_weight_1e_6_is_weak():
 
 @pytest.mark.parametrize("train_head, fault", [(True, False), (False, True)])
 def test_planted_fault_frozen_head_shows_in_its_update_ratio(train_head, fault):
-    engine = dmd_engine("model.params.generator_update_interval=1", f"{TERM}.train_head={train_head}", config=DINO)
+    engine = dmd_engine("model.params.generator.update_interval=1", f"{TERM}.train_head={train_head}", config=DINO)
     logger = MemoryLogger()
     callback = LossDiagnostics(every_n_steps=1, teacher_samples=8, teacher_steps=2)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=3, logger=logger, callbacks=[callback],

@@ -191,7 +191,7 @@ def test_main_trains_tiny_video_dmd_and_the_export_loads_into_the_teacher_config
     logroot = str(tmp_path / "logs")
     out = run_main("--base", "configs/dmd/moving_digits_dmd.yaml", "-l", logroot, "-n", "vdmd", "--max_steps", "3",
                    f"model.params.teacher_ckpt_path={teacher_file}", "data.params.batch_size=2",
-                   "model.params.generator_update_interval=2", "lightning.trainer.log_every_n_steps=1",
+                   "model.params.generator.update_interval=2", "lightning.trainer.log_every_n_steps=1",
                    "lightning.callbacks.image_logger.params.batch_frequency=2",
                    "lightning.callbacks.image_logger.params.log_images_kwargs.N=1",
                    "lightning.trainer.enable_progress_bar=False", "lightning.callbacks.video_eval=null")

@@ -97,7 +97,7 @@ DMD_TINY = [
     "model.params.network_config.params.num_res_blocks=1",
     "model.params.network_config.params.channel_mult=[1]",
     "data.params.batch_size=8",
-    "model.params.generator_update_interval=2",
+    "model.params.generator.update_interval=2",
     "lightning.callbacks.image_logger=null",
     "lightning.trainer.log_every_n_steps=1",
     "lightning.trainer.enable_progress_bar=False",
@@ -204,15 +204,15 @@ def test_bad_inputs_fail_with_one_line_naming_the_culprit(tmp_path, case, digits
     torch.save(state, nan_file)
     marker = str(tmp_path / "ran")
     cases = {  # case: (config, extra arguments, expected in the last line)
-        "type_int": (DMD, [teacher, "model.params.generator_update_interval=abc"],
-                     "config key 'model.params.generator_update_interval' must be int, got 'abc'"),
+        "type_int": (DMD, [teacher, "model.params.generator.update_interval=abc"],
+                     "model.params.generator.update_interval must be int, got 'abc'"),
         "type_lr": (DIGITS, ["model.base_learning_rate=fast"], "model.base_learning_rate must be a number, got 'fast'"),
         "trainer_key": (DIGITS, ["lightning.trainer.max_stepz=5"],
                         "lightning.trainer.max_stepz is not a Trainer argument (did you mean max_steps?)"),
         "batch_zero": (DIGITS, ["data.params.batch_size=0"], "data.params.batch_size must be >= 1, got 0"),
         "batch_too_large": (DIGITS, ["data.params.batch_size=5000"], "the training data gives no batch"),
-        "grad_clip_zero": (DMD, [teacher, "model.params.generator_grad_clip=0"],
-                           "model.params.generator_grad_clip must be > 0 or null"),
+        "grad_clip_zero": (DMD, [teacher, "model.params.generator.grad_clip=0"],
+                           "model.params.generator.grad_clip must be > 0 or null"),
         "ema_decay": (DIGITS, ["model.params.ema_decay_rate=1.5"], "model.params.ema_decay_rate must be in [0, 1]"),
         "logdir_under_file": (DIGITS, ["-l", os.path.join(garbage, "logs")], f"{garbage} is a file"),
         "logdir_is_file": (DIGITS, ["-l", garbage], f"{garbage} is a file"),

@@ -41,7 +41,7 @@ def test_the_dmd_loss_no_longer_hides_a_nan_teacher():
 
 
 def test_a_nan_teacher_skips_every_generator_step_and_stops_the_run(teacher_ckpt, tmp_path):
-    engine = build(teacher_ckpt, "model.params.generator_update_interval=1", "model.params.max_non_finite_steps=3")
+    engine = build(teacher_ckpt, "model.params.generator.update_interval=1", "model.params.max_non_finite_steps=3")
     with torch.no_grad():
         engine.real_score.model.diffusion_model.out[-1].bias.fill_(float("nan"))  # NaN teacher output
     generator, ema, critic = (network_state(m) for m in (engine.model, engine.model_ema, engine.fake_score))
@@ -57,7 +57,7 @@ def test_a_nan_teacher_skips_every_generator_step_and_stops_the_run(teacher_ckpt
 
 def test_skip_counts_survive_a_resume(teacher_ckpt, tmp_path):
     """skipped/<role> and the run of skips in a row continue from the checkpoint instead of restarting at 0."""
-    overrides = ("model.params.generator_update_interval=1", "model.params.max_non_finite_steps=5")
+    overrides = ("model.params.generator.update_interval=1", "model.params.max_non_finite_steps=5")
 
     def nan_teacher():
         engine = build(teacher_ckpt, *overrides)

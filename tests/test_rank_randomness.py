@@ -91,7 +91,7 @@ def test_two_gloo_ranks_draw_different_noise_and_sigmas_and_share_one_run_dir(tm
 
     teacher = save_tiny_teacher(str(tmp_path / "teacher.safetensors"))
     first, second = run_two_ranks(tmp_path, ["configs/dmd/moving_digits_dmd.yaml"], teacher,
-                                  "test_rank_randomness.NoiseRecorder", 1, "model.params.generator_update_interval=2")
+                                  "test_rank_randomness.NoiseRecorder", 1, "model.params.generator.update_interval=2")
     assert len(first["draws"]) == len(second["draws"]) == 1  # the DMD term's draw at generator step 0
     for a, b in zip(first["draws"], second["draws"]):
         assert a[0] == b[0] and a[1] != b[1], a[0]  # same step, different eps

@@ -428,7 +428,7 @@ def test_moving_digits_gan_distils_with_real_clips_from_mp4_files(digit_clips, t
     out = subprocess.run(
         [sys.executable, "main.py", "--base", "configs/dmd/moving_digits_dmd_gan.yaml", "-l", str(tmp_path), "-n", "gan",
          "--max_steps", "2", f"data.params.folder={digit_clips}", "data.params.batch_size=2",
-         "model.params.generator_update_interval=2", "lightning.callbacks.video_eval=null",
+         "model.params.generator.update_interval=2", "lightning.callbacks.video_eval=null",
          "lightning.trainer.log_every_n_steps=1", "lightning.trainer.enable_progress_bar=False",
          "lightning.callbacks.image_logger.params.batch_frequency=1000"],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -1,4 +1,4 @@
-"""Critic on a fresh rollout vs. on the generator's detached sample (`critic_reuses_generator_sample`).
+"""Critic on a fresh rollout vs. on the generator's detached sample (`critic.reuse_generator_sample`).
 
     python scripts/bench/critic_reuse.py --teacher logs/<digits teacher run> --iterations 250
 
@@ -57,7 +57,7 @@ def train(bench_dir: str, name: str, reuse: bool, args: argparse.Namespace) -> t
     teacher = os.path.abspath(os.path.join(args.teacher, "checkpoints", "last.ckpt"))
     cmd = ["main.py", "--base", *CONFIGS, "-l", bench_dir, "-n", name, "--no_date", "--max_steps",
            str(args.iterations), "-s", str(args.seed), f"model.params.teacher_ckpt_path={teacher}",
-           f"model.params.critic_reuses_generator_sample={reuse}", f"data.params.batch_size={args.batch}", *QUIET,
+           f"model.params.critic.reuse_generator_sample={reuse}", f"data.params.batch_size={args.batch}", *QUIET,
            "lightning.callbacks.timer.target=critic_reuse.IterationTimer",
            f"lightning.callbacks.timer.params.path={timings}"]
     print("$ python " + " ".join(shlex.quote(a) for a in cmd), flush=True)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python scripts/bench/critic_reuse.py " + " ".join(shlex.quote(a) for a in raw)
     lines = [f"`{command}` (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; 4-step digits student, "
              f"{args.iterations} iterations, batch {args.batch}, seed {args.seed}; N = {args.n} samples scored)", "",
-             "| critic_reuses_generator_sample | CPU s/iteration (mean) | wall s/iteration (mean / median) | "
+             "| critic.reuse_generator_sample | CPU s/iteration (mean) | wall s/iteration (mean / median) | "
              "accuracy | FD | coverage |", "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['reuse']} | {r['cpu_per_iter']:.3f} | {r['wall_per_iter']:.3f} / {r['wall_median']:.3f} | "
               f"{r['accuracy']:.3f} | {r['fd']:.2f} | {r['coverage']:.2f} |" for r in rows]

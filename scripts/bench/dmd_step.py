@@ -5,7 +5,7 @@
 Timing, per network set (the digits U-Nets of configs/dmd/digits_dmd.yaml at 4 generator steps; the tiny
 video model of configs/dmd/moving_digits_dmd.yaml): one engine is built, and on its very networks
 - `engine`: DMDEngine.training_step through a Lightning Trainer (what main.py runs: both optimisers,
-  clipping, the non-finite guard, EMA, logging), with `critic_reuses_generator_sample` off and on;
+  clipping, the non-finite guard, EMA, logging), with `critic.reuse_generator_sample` off and on;
 - `minimal DMD2`: `minimal_dmd2` below, ~60 lines: the generator step is the DMD gradient from the teacher's
   and the critic's x0 at one random sigma (backward simulation as the engine's), the critic step the
   denoising loss on the generator's detached sample (the generator step's own on generator steps).
@@ -33,6 +33,7 @@ sys.path.insert(0, ROOT)
 
 import sgm  # noqa: E402,F401  (torchvision shim before Lightning)
 import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 CASES = {  # name -> (configs, overrides)
     "digits U-Nets, 4-step": (["configs/dmd/digits_dmd.yaml", "configs/dmd/digits_dmd_4step.yaml"],
@@ -148,8 +149,8 @@ def timing(args: argparse.Namespace) -> list[str]:
         means = []
         for reuse in (False, True):
             torch.manual_seed(0)
-            engine = instantiate_from_config(config.model, learning_rate=1e-5,
-                                             critic_reuses_generator_sample=reuse)
+            OmegaConf.update(config, "model.params.critic.reuse_generator_sample", reuse)
+            engine = instantiate_from_config(config.model, learning_rate=1e-5)
             means.append(sum(engine_seconds(engine, batch, total)[args.warmup:]) / args.iterations)
         torch.manual_seed(0)
         engine = instantiate_from_config(config.model, learning_rate=1e-5)

@@ -31,9 +31,9 @@ initialises every role that has no file of its own: the teacher, the critic (unl
 conditioner and the first stage. When the file holds EMA weights (`model_ema.*`) they are used.
 
 Training is manual optimisation, one batch = one iteration = one global step:
-    every `generator_update_interval` steps   generator_loss -> generator optimiser (+ EMA update)
+    every `generator.update_interval` steps   generator_loss -> generator optimiser (+ EMA update)
     every step                                critic_loss    -> critic optimiser
-With `critic_reuses_generator_sample` (DMD2's behaviour) the critic step after a generator step trains
+With `critic.reuse_generator_sample` (DMD2's behaviour) the critic step after a generator step trains
 on that step's sample, detached, instead of rolling out the generator again.
 `global_step` counts iterations: the critic optimiser's steps go through Lightning's counter, the
 generator's through the strategy directly (precision plugin included) so they are not counted
@@ -96,6 +96,9 @@ MOVED = {  # earlier flat keys of model.params -> where they live now
                          "sgm.modules.distillation.terms.RegressionTerm)",
     "regression_keys": "terms.regression.params.keys",
     "critic_init_from_teacher": "init.critic_from_teacher",
+    "generator_update_interval": "generator.update_interval",
+    "generator_grad_clip": "generator.grad_clip",
+    "critic_reuses_generator_sample": "critic.reuse_generator_sample",
     "init_from_ema": "init.from_ema",
     "allow_random_teacher": "init.allow_random_teacher",
     "save_teacher_weights": "init.save_teacher_weights",
@@ -108,12 +111,43 @@ MOVED = {  # earlier flat keys of model.params -> where they live now
 
 @dataclass
 class CriticOptions:
-    """How the critic (fake_score and the terms' critic heads) is optimised."""
+    """How the critic (fake_score and the terms' critic heads) is optimised, and on what."""
 
     learning_rate: float | None = None  # default: the engine's learning_rate
     optimizer_config: dict | None = None  # default DEFAULT_OPTIMIZER, AdamW(betas=(0, 0.999))
     scheduler_config: dict | None = None  # .schedule(critic step) -> LR factor; None: constant
     grad_clip: float | None = None  # max grad norm (None: off)
+    reuse_generator_sample: bool = True  # after a generator step: its detached x0, no new rollout (docs/critic_reuse.md)
+
+    def __post_init__(self) -> None:
+        check_clip("critic.grad_clip", self.grad_clip)
+        if not isinstance(self.reuse_generator_sample, bool):
+            raise ConfigError(f"model.params.critic.reuse_generator_sample must be bool, got {self.reuse_generator_sample!r}")
+
+
+@dataclass
+class GeneratorOptions:
+    """When and how the generator is updated (its optimiser is the engine's own)."""
+
+    update_interval: int = 5  # generator steps at global steps 0, k, 2k, ... (DMD2: 5)
+    grad_clip: float | None = None  # max grad norm (None: off)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.update_interval, bool) or not isinstance(self.update_interval, int):
+            raise ConfigError(f"model.params.generator.update_interval must be int, got {self.update_interval!r}")
+        if self.update_interval < 1:
+            raise ConfigError(f"model.params.generator.update_interval must be >= 1, got {self.update_interval}")
+        check_clip("generator.grad_clip", self.grad_clip)
+
+
+def check_clip(key: str, clip) -> None:
+    """A gradient-norm clip must be a positive number or None (0 would zero every gradient: a run that never learns)."""
+    if clip is None:
+        return
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)):
+        raise ConfigError(f"model.params.{key} must be float or null, got {clip!r}")
+    if not float(clip) > 0:
+        raise ConfigError(f"model.params.{key} must be > 0 or null (no clipping), got {clip}")
 
 
 @dataclass
@@ -159,9 +193,7 @@ class DMDEngine(DiffusionEngine):
         dmd_sigma_sampler_config: dict | None = None,  # DMD-loss sigmas; default DEFAULT_DMD_SIGMAS
         teacher_ckpt_path: str | None = None,  # file that initialises the roles (see module doc)
         ckpt_path: str | None = None,  # generator init file (engine layout); None: the teacher
-        generator_update_interval: int = 5,  # generator steps at global steps 0, k, 2k, ...
-        critic_reuses_generator_sample: bool = True,  # critic after a generator step: its detached x0 (docs/critic_reuse.md)
-        generator_grad_clip: float | None = None,  # max grad norm of the generator (None: off)
+        generator: dict | GeneratorOptions | None = None,  # GeneratorOptions: update interval, grad clip
         max_non_finite_steps: int = 10,  # this many skipped (NaN/inf) steps of one role in a row stop the run
         dmd_weight: float = 1.0,  # weight of the DMD loss
         terms: dict | None = None,  # {name: {target, params}}: optional loss terms (terms.py)
@@ -199,15 +231,11 @@ class DMDEngine(DiffusionEngine):
         self.input_options = options(InputOptions, inputs, "inputs")
         self.chain_options = options(ChainOptions, chain, "chain") if chain is not None else None
         self.balancer = _balancer(balance)
-        if generator_update_interval < 1:
-            raise ConfigError(f"generator_update_interval must be >= 1, got {generator_update_interval}")
-        self.generator_update_interval = generator_update_interval
-        self.critic_reuses_generator_sample = critic_reuses_generator_sample
-        self.grad_clips = {"generator": generator_grad_clip, "critic": self.critic_options.grad_clip}
+        self.generator_options = options(GeneratorOptions, generator, "generator")
+        self.generator_update_interval = self.generator_options.update_interval
+        self.critic_reuses_generator_sample = self.critic_options.reuse_generator_sample
+        self.grad_clips = {"generator": self.generator_options.grad_clip, "critic": self.critic_options.grad_clip}
         self.non_finite_guard = NonFiniteGuard(max_non_finite_steps)
-        for key, clip in (("generator_grad_clip", generator_grad_clip), ("critic.grad_clip", self.critic_options.grad_clip)):
-            if clip is not None and not float(clip) > 0:  # 0 would zero every gradient: a run that never learns
-                raise ConfigError(f"model.params.{key} must be > 0 or null (no clipping), got {clip}")
         self.dmd_weight = dmd_weight
         self.seed = seed
         if not _on_meta(self):  # --dry-run builds on the meta device: nothing to load
