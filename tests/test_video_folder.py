@@ -437,3 +437,17 @@ def test_moving_digits_gan_distils_with_real_clips_from_mp4_files(digit_clips, t
     with open(glob.glob(os.path.join(logdir, "csv", "version_*", "metrics.csv"))[0]) as f:
         header = f.readline()
     assert "gan" in header, header  # the GAN term ran on the real clips
+
+
+def test_pyav_and_imageio_read_the_same_frames(folder):
+    """Videos decode through PyAV when it is installed, imageio-ffmpeg otherwise: both give the same frames."""
+    pytest.importorskip("av")
+    from sgm.data.video_folder import read_video_frames_imageio, read_video_frames_pyav
+
+    path = str(folder / "a.mp4")
+    indices = [3, 5, 7, 19]
+    pyav, imageio = read_video_frames_pyav(path, indices), read_video_frames_imageio(path, indices)
+    assert pyav.shape == imageio.shape == (4, *imageio.shape[1:3], 3) and pyav.dtype == np.uint8
+    assert np.abs(pyav.astype(int) - imageio.astype(int)).max() <= 2  # one ffmpeg decoder under both
+    with pytest.raises(ValueError, match="has no frame"):
+        read_video_frames_pyav(path, [0, 40])
