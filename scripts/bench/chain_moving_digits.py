@@ -14,7 +14,7 @@ the one before, on the same held-out clips and noise: (a) the teacher with its o
 (b) the plain DMD student and (c) the Self-Forcing student at 1 step (EMA weights). Each chunk is scored on its
 own (`sgm.evaluation.moving_digits.evaluate_chain`: its docstring says how, since real trajectories exist for 8
 frames only). Written to `--docs`: moving_digits_chain.{md,json,png} (table, figures, metric against chunk index)
-and moving_digits_chain_<model>.gif (the chains, chunks one after another). A StepTimer callback (this module,
+and moving_digits_chain_<model>.gif (the chains, chunks one after another). An IterationTimer callback (iteration_timer.py,
 given to main.py) times every iteration of both runs; the difference is Self-Forcing's extra cost.
 """
 from __future__ import annotations
@@ -33,8 +33,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 import sgm  # noqa: E402,F401  (torchvision shim before anything imports Lightning)
+from iteration_timer import read_seconds  # noqa: E402
 from student_runs import add_common_args, apply_quick, run_student  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
 
 PLAIN = ["configs/dmd/moving_digits_dmd.yaml"]
 SELF_FORCING = PLAIN + ["configs/dmd/moving_digits_dmd_chain.yaml"]
@@ -45,26 +45,6 @@ PLOTTED = [("frame_accuracy", "frame accuracy (higher is better)"), ("frame_fd",
            ("identity_consistency", "identity consistency (higher is better)"),
            ("speed_error", "speed error, px/frame (lower is better)")]
 GOAL_METRICS = [("frame_accuracy", "higher"), ("frame_fd", "lower"), ("identity_consistency", "higher")]
-
-
-class StepTimer(pl.Callback):
-    """Wall seconds of every training iteration (all hooks included) -> a JSON list at `path` (rank 0)."""
-
-    def __init__(self, path: str):
-        super().__init__()
-        self.path = path
-        self.seconds: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.seconds.append(time.perf_counter() - self._start)
-
-    def on_train_end(self, trainer, pl_module):
-        if trainer.is_global_zero:
-            with open(self.path, "w") as f:
-                json.dump(self.seconds, f)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,7 +60,7 @@ def distil(name: str, configs: list[str], bench_dir: str, args: argparse.Namespa
     """One main.py run -> its run directory (with step_times.json)."""
     run = os.path.join(bench_dir, name)
     overrides = ["lightning.callbacks.video_eval=null",
-                 "lightning.callbacks.step_timer.target=chain_moving_digits.StepTimer",
+                 "lightning.callbacks.step_timer.target=iteration_timer.IterationTimer",
                  f"lightning.callbacks.step_timer.params.path={os.path.join(run, 'step_times.json')}"]
     return run_student(name, configs, bench_dir, args, overrides + (QUICK_OVERRIDES if args.quick else []))[0]
 
@@ -90,8 +70,7 @@ def seconds_per_iteration(run: str) -> float | None:
     path = os.path.join(run, "step_times.json")
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        seconds = json.load(f)
+    seconds = [wall for wall, _ in read_seconds(path)]
     timed = seconds[1:] or seconds
     return sum(timed) / len(timed)
 

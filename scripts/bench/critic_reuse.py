@@ -6,13 +6,12 @@ Two `main.py` runs of the 4-step digits student (configs/dmd/digits_dmd.yaml + d
 identical but for the option, same seed and iterations, one after the other; then each student is
 scored by `digits_eval.evaluate` (N samples, its 4-step sampler, same sampling seed). Iteration time is
 the mean CPU time of this process per training batch (Lightning's batch start to batch end; the wall time
-beside it) after `--skip` warm-up iterations, read by the `IterationTimer` callback below; the mean, not
+beside it) after `--skip` warm-up iterations, read by the `IterationTimer` callback (iteration_timer.py); the mean, not
 the median, so the generator steps (every 5th iteration) count. Writes `--out` (Markdown table).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics
@@ -26,30 +25,12 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 import sgm  # noqa: E402,F401  (torchvision shim before Lightning)
-import pytorch_lightning as pl  # noqa: E402
+from iteration_timer import read_seconds  # noqa: E402
 
 CONFIGS = ["configs/dmd/digits_dmd.yaml", "configs/dmd/digits_dmd_4step.yaml"]
 QUIET = ["lightning.trainer.enable_progress_bar=False",
          "lightning.callbacks.image_logger.params.batch_frequency=100000",
          "lightning.modelcheckpoint.params.every_n_train_steps=100000"]
-
-
-class IterationTimer(pl.Callback):
-    """Writes every training batch's [wall seconds, CPU seconds of this process] to `path` (JSON) at the end.
-    CPU time counts this process's own work only, so it holds on a machine other jobs share."""
-
-    def __init__(self, path: str):
-        self.path, self.seconds, self.start = path, [], (0.0, 0.0)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.start = (time.perf_counter(), time.process_time())
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.seconds.append([time.perf_counter() - self.start[0], time.process_time() - self.start[1]])
-
-    def on_train_end(self, trainer, pl_module):
-        with open(self.path, "w") as f:
-            json.dump(self.seconds, f)
 
 
 def train(bench_dir: str, name: str, reuse: bool, args: argparse.Namespace) -> tuple[str, list[float]]:
@@ -58,13 +39,12 @@ def train(bench_dir: str, name: str, reuse: bool, args: argparse.Namespace) -> t
     cmd = ["main.py", "--base", *CONFIGS, "-l", bench_dir, "-n", name, "--no_date", "--max_steps",
            str(args.iterations), "-s", str(args.seed), f"model.params.teacher_ckpt_path={teacher}",
            f"model.params.critic.reuse_generator_sample={reuse}", f"data.params.batch_size={args.batch}", *QUIET,
-           "lightning.callbacks.timer.target=critic_reuse.IterationTimer",
+           "lightning.callbacks.timer.target=iteration_timer.IterationTimer",
            f"lightning.callbacks.timer.params.path={timings}"]
     print("$ python " + " ".join(shlex.quote(a) for a in cmd), flush=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, ROOT, os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, *cmd], cwd=ROOT, check=True, env=env)
-    with open(timings) as f:
-        return os.path.join(bench_dir, name), json.load(f)
+    return os.path.join(bench_dir, name), read_seconds(timings)
 
 
 def main(argv: list[str] | None = None) -> None:

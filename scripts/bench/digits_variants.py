@@ -60,12 +60,12 @@ def run_name(name: str) -> str:
 
 def trained_steps(run_dir: str) -> int | None:
     """The global step of a run's last.ckpt, None when it has none."""
-    import torch
+    from sgm.io.checkpoint import read_checkpoint
 
     path = os.path.join(run_dir, "checkpoints", "last.ckpt")
     if not os.path.isfile(path):
         return None
-    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+    return int(read_checkpoint(path)["global_step"])
 
 
 def train_variant(name: str, configs: list[str], args: argparse.Namespace) -> tuple[str, str, float | None]:

@@ -232,9 +232,6 @@ class DMDEngine(DiffusionEngine):
         self.chain_options = options(ChainOptions, chain, "chain") if chain is not None else None
         self.balancer = _balancer(balance)
         self.generator_options = options(GeneratorOptions, generator, "generator")
-        self.generator_update_interval = self.generator_options.update_interval
-        self.critic_reuses_generator_sample = self.critic_options.reuse_generator_sample
-        self.grad_clips = {"generator": self.generator_options.grad_clip, "critic": self.critic_options.grad_clip}
         self.non_finite_guard = NonFiniteGuard(max_non_finite_steps)
         self.dmd_weight = dmd_weight
         self.seed = seed
@@ -467,6 +464,10 @@ class DMDEngine(DiffusionEngine):
             schedulers.append({"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"})
         return optimizers, schedulers
 
+    @property
+    def generator_update_interval(self) -> int:
+        return self.generator_options.update_interval
+
     def is_generator_step(self) -> bool:
         return self.global_step % self.generator_update_interval == 0
 
@@ -483,7 +484,7 @@ class DMDEngine(DiffusionEngine):
             if self.use_ema and not self.non_finite_guard.was_skipped("generator"):
                 with full_parameters(self.model, self.trainer.strategy) as params:  # gathered from shards (FSDP)
                     self.model_ema.update(params.items())
-        reused = generated.step if generated is not None and self.critic_reuses_generator_sample else None
+        reused = generated.step if generated is not None and self.critic_options.reuse_generator_sample else None
         log |= self._update("critic", lambda b: self.critic_loss_terms(b, reused), batch, critic_opt, critic_sched).log
         log |= {"lr/generator": generator_opt.param_groups[0]["lr"], "lr/critic": critic_opt.param_groups[0]["lr"]}
         self.log("loss/critic", log["loss/critic"], prog_bar=True, logger=False)
@@ -508,7 +509,8 @@ class DMDEngine(DiffusionEngine):
             opt.zero_grad()
             self.manual_backward(loss)
             params = self.generator_parameters() if role == "generator" else self.critic_parameters()
-            max_norm = default(self.grad_clips[role], float("inf"))
+            clip = (self.generator_options if role == "generator" else self.critic_options).grad_clip
+            max_norm = default(clip, float("inf"))
             log[f"grad/{role}"] = clip_grad_norm(params, max_norm, self.trainer.strategy)  # global norm under FSDP
             culprit = self.non_finite_guard.culprit(log, float(log[f"grad/{role}"]))
             if culprit is not None:  # gradients are all-reduced: every rank skips alike
