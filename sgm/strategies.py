@@ -10,7 +10,7 @@
   the teacher and the critic) is its own FSDP unit, the rest (conditioner, EMA buffers) the root unit;
 - it runs on the CPU (gloo): Lightning 2.6 wraps with `device_id=None` there, which torch refuses, and
   gathers full state dicts with `offload_to_cpu=True`, which crashes (SIGSEGV) on CPU shards;
-- resuming reads the checkpoint through `sgm.io.checkpoint.read_checkpoint` (weights_only=True) instead
+- resuming reads the checkpoint through `sgm.io.checkpoint.read_resume_checkpoint` (weights_only=True) instead
   of Lightning's own reader, which unpickles without restriction;
 - only the sharding strategies that shard every gradient (FULL_SHARD, SHARD_GRAD_OP) are accepted:
   `clip_grad_norm` adds up the squared gradient shards of all ranks, which is the norm only if each
@@ -30,7 +30,7 @@ import torch
 from pytorch_lightning.core.optimizer import LightningOptimizer
 from pytorch_lightning.strategies import FSDPStrategy
 
-from sgm.io.checkpoint import read_checkpoint
+from sgm.io.checkpoint import read_resume_checkpoint
 from sgm.util import ConfigError, get_obj_from_str
 
 DEFAULT_WRAP = ("sgm.modules.diffusionmodules.openaimodel.UNetBase",)  # image and video U-Nets alike
@@ -111,13 +111,11 @@ class FSDP(FSDPStrategy):
                                                                optim=optimizer)
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
-        """A full checkpoint read by `read_checkpoint` (weights_only=True; Lightning's own reader unpickles
+        """A full checkpoint read by `read_resume_checkpoint` (weights_only=True; Lightning's own reader unpickles
         without restriction), loaded into the shards of the model and of both optimisers."""
         from torch.distributed.fsdp import FullyShardedDataParallel, OptimStateKeyType
 
-        if weights_only is False:
-            raise ConfigError(f"refusing to unpickle {checkpoint_path} with weights_only=False")
-        checkpoint = read_checkpoint(str(self.broadcast(checkpoint_path)))
+        checkpoint = read_resume_checkpoint(self.broadcast(checkpoint_path), weights_only)
         with self.full_state(rank0_only=False):
             self.model.load_state_dict(checkpoint["state_dict"], strict=self.lightning_module.strict_loading)
         if self.lightning_module.trainer.state.fn != "fit" or "optimizer_states" not in checkpoint:

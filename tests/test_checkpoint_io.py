@@ -15,6 +15,7 @@ from sgm.io.checkpoint import (
     CheckpointError,
     atomic_torch_save,
     atomic_write,
+    read_resume_checkpoint,
     read_state_dict,
     remove_partial_files,
 )
@@ -51,6 +52,16 @@ def test_a_planted_pickle_is_refused_and_never_runs(tmp_path, suffix):
 def test_plain_checkpoints_still_load(tmp_path):
     state = read_state_dict(_good(str(tmp_path / "ok.ckpt")))
     assert torch.equal(state["w"], torch.ones(3))
+
+
+def test_resume_reads_refuse_weights_only_false_for_every_trainer_hook(tmp_path):
+    from sgm.callbacks.checkpointing import AtomicCheckpointIO
+
+    path = _good(str(tmp_path / "last.ckpt"))
+    for read in (read_resume_checkpoint, AtomicCheckpointIO().load_checkpoint):
+        with pytest.raises(CheckpointError, match="refusing to unpickle .*last.ckpt with weights_only=False"):
+            read(path, weights_only=False)
+        assert read(path, weights_only=None)["global_step"] == 3
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])

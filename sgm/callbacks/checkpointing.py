@@ -6,7 +6,7 @@ from typing import Any
 
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from sgm.io.checkpoint import CheckpointError, atomic_torch_save, non_finite_summary, read_checkpoint
+from sgm.io.checkpoint import CheckpointError, atomic_torch_save, non_finite_summary, read_resume_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -23,8 +23,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, str(path))
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        """The resume checkpoint through `read_checkpoint` (weights_only=True, one line naming a bad file),
+        """The resume checkpoint through `read_resume_checkpoint` (weights_only=True, one line naming a bad file),
         whatever Lightning asks for: a resumed file is a user's file too."""
-        if weights_only is False:
-            raise CheckpointError(f"refusing to unpickle {path} with weights_only=False")
-        return read_checkpoint(str(path))
+        return read_resume_checkpoint(path, weights_only)

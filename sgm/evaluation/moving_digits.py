@@ -57,12 +57,12 @@ class HeldoutSet:
 
 
 def heldout_set(n: int, num_frames: int = 8, size: int = 16, channels: int = 3, seed: int = 0,
-                motion_code: str = "velocity") -> HeldoutSet:
+                motion_code: str = "velocity", max_speed: int = 2) -> HeldoutSet:
     """`n` held-out clips and the batch that conditions an engine on their first frames."""
     from sgm.metrics.moving_digits import heldout_clips
 
     clips, labels, speeds, batch = heldout_clips(n, num_frames=num_frames, size=size, channels=channels, seed=seed,
-                                                 motion_code=motion_code)
+                                                 motion_code=motion_code, max_speed=max_speed)
     batch = {k: v for k, v in batch.items() if k not in ("frames", "cls")}
     return HeldoutSet(batch, clips, labels, speeds)
 

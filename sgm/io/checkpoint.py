@@ -82,6 +82,14 @@ def read_checkpoint(path: str, mmap: bool = False) -> Any:
     return _read_file(path, lambda p: read_torch_file(p, mmap=mmap))
 
 
+def read_resume_checkpoint(path: str, weights_only: bool | None = None) -> Any:
+    """`read_checkpoint` for Lightning's resume hooks, which may ask for `weights_only=False`: a resumed file
+    is a user's file too, so that request is refused (CheckpointError naming the file), never honoured."""
+    if weights_only is False:
+        raise CheckpointError(f"refusing to unpickle {path} with weights_only=False")
+    return read_checkpoint(str(path))
+
+
 def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

@@ -163,6 +163,7 @@ def heldout_clips(
     channels: int = 3,  # 3 for SVD-architecture models
     seed: int = 0,  # trajectories (MovingDigits) and the cond_aug noise of the batch
     motion_code: str = "velocity",  # the model's motion_bucket_id code (sgm.data.moving_digits)
+    max_speed: int = 2,  # |vx|, |vy| <= max_speed px/frame (the model's training data)
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Real held-out clips to condition on and score against.
 
@@ -172,7 +173,7 @@ def heldout_clips(
     from sgm.data.moving_digits import MovingDigits, VideoCollate
 
     data = MovingDigits("heldout", num_frames=num_frames, size=size, channels=channels, seed=seed,
-                        motion_code=motion_code)
+                        motion_code=motion_code, max_speed=max_speed)
     if not 1 <= n <= len(data):
         raise ValueError(f"n must be in [1, {len(data)}] (the held-out digits), got {n}")
     with torch.random.fork_rng(devices=[]):
