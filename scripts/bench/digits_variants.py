@@ -14,6 +14,8 @@ last.ckpt, `--iterations` DMD iterations at seed `--seed` (main.py -s). A varian
 already holds a last.ckpt trained for the same iterations is scored, not retrained (`--logdir/NAME`).
 Every row is scored by `digits_eval.evaluate` (accuracy, FD, coverage) at N = `--n` and sampling seed
 `--seed`, the teacher at `--teacher_steps`. The table goes to `--docs/<stem>.md` with the commands.
+A variant whose configs include the diagnostics overlay (configs/diagnostics/loss_diagnostics.yaml) also gets
+its run's verdicts (`sgm.diagnostics.rules.verdicts`, as `scripts/diagnose.py RUN` prints them) under the table.
 """
 from __future__ import annotations
 
@@ -84,7 +86,18 @@ def train_variant(name: str, configs: list[str], args: argparse.Namespace) -> tu
     return run_dir, command, (time.perf_counter() - start) / args.iterations  # start-up included
 
 
-def markdown(rows: list[dict], commands: dict[str, str], args: argparse.Namespace, command: str) -> str:
+def run_verdicts(run_dir: str) -> list[str]:
+    """The diagnostics verdicts of a run, one line each; [] when the run logged no diagnostics."""
+    from sgm.diagnostics.rules import read_metrics, verdicts
+
+    series = read_metrics(run_dir)
+    if not any(key.startswith("grad/") for key in series):
+        return []
+    return [str(v) for v in verdicts(series)]
+
+
+def markdown(rows: list[dict], commands: dict[str, str], args: argparse.Namespace, command: str,
+             diagnostics: dict[str, list[str]]) -> str:
     lines = [f"Produced by `{command}` (teacher `{args.teacher}`).", "",
              f"N = {args.n} class-balanced samples per row, sampling seed {args.seed}; students: {args.iterations} "
              f"DMD iterations, seed {args.seed}, 1 step. FD: Fréchet distance of digit-classifier features to the "
@@ -94,6 +107,10 @@ def markdown(rows: list[dict], commands: dict[str, str], args: argparse.Namespac
         it = f"{r['sec_per_iteration']:.3f}" if r.get("sec_per_iteration") else "-"
         lines.append(f"| {r['model']} | {r['steps']} | {r['accuracy']:.3f} | {r['fd']:.2f} | {r['coverage']:.2f} | {it} |")
     lines += ["", "Student runs:", ""] + [f"- {name}: `{cmd}`" for name, cmd in commands.items()]
+    for name, found in diagnostics.items():
+        if found:
+            lines += ["", f"Diagnostics verdicts, {name} (`python scripts/diagnose.py <its run>`):", "", "```",
+                      *found, "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -114,11 +131,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows += [r | {"model": name, "sec_per_iteration": speed[name]}
                  for r in score(run_dir, name, [1], score_args)]
     os.makedirs(args.docs, exist_ok=True)
-    table = markdown(rows, commands, args, command)
+    diagnostics = {name: run_verdicts(run_dir) for name, run_dir in runs.items()}
+    table = markdown(rows, commands, args, command, diagnostics)
     with open(os.path.join(args.docs, f"{args.stem}.md"), "w") as f:
         f.write(table)
     with open(os.path.join(os.path.abspath(args.logdir), f"{args.stem}.json"), "w") as f:
-        json.dump({"command": command, "rows": rows}, f, indent=1, default=float)
+        json.dump({"command": command, "rows": rows, "verdicts": diagnostics}, f, indent=1, default=float)
     print(table, flush=True)
     print(f"[variants] done in {time.perf_counter() - start:.0f} s", flush=True)
     return rows
