@@ -75,6 +75,17 @@ def seconds_per_iteration(run: str) -> float | None:
     return sum(timed) / len(timed)
 
 
+def heldout_data(run: str) -> dict:
+    """The held-out clips' data options (frames, canvas, speeds, motion code) of a student run's own data config."""
+    import glob
+
+    from sgm.config import load_configs
+
+    data = load_configs(sorted(glob.glob(os.path.join(run, "configs", "*-project.yaml")))).data.params
+    keys = ("num_frames", "size", "channels", "motion_code", "max_speed")
+    return {k: data[k] for k in keys if k in data}
+
+
 def plot(rows: list[dict], path: str, chunks: int) -> None:
     import matplotlib
 
@@ -131,7 +142,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from sgm.evaluation import moving_digits as md
     from sgm.evaluation.engines import load_engine
 
-    heldout = md.heldout_set(args.clips, seed=args.seed)
+    heldout = md.heldout_set(args.clips, seed=args.seed, **heldout_data(plain))
     names = {"teacher": f"(a) teacher ({args.teacher})", "plain": "(b) plain DMD student",
              "self_forcing": "(c) Self-Forcing student"}
     rows, gifs = [], []
