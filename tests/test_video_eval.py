@@ -21,6 +21,16 @@ def test_committed_teacher_loads_as_a_plain_engine_with_its_own_sampler():
     assert network_evaluations(engine, 25) == 50  # per-frame CFG doubles the evaluations
 
 
+def test_the_default_run_scores_on_clips_of_its_teachers_own_data():
+    from sgm.config import load_configs
+
+    config = load_configs([os.path.join(ROOT, "configs", "dmd", "moving_digits_dmd.yaml")])
+    evaluation, data = config.lightning.callbacks.video_eval.params, config.data.params
+    assert evaluation.max_speed == data.max_speed  # the callback's default (2) is not the teacher's
+    for key in ("size", "num_frames", "motion_code"):
+        assert evaluation.get(key, data[key]) == data[key], key
+
+
 def test_few_step_sampler_counts_its_schedule():
     from sgm.evaluation.engines import sampler_steps
     from sgm.modules.distillation.sampler import FewStepSampler

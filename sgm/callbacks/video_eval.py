@@ -42,6 +42,7 @@ class MovingDigitsEvaluation(pl.Callback):
         seed: int = 0,  # held-out clips and sampling noise
         gif_clips: int = 16,  # clips per GIF
         motion_code: str = "velocity",  # the models' motion_bucket_id code (sgm.data.moving_digits)
+        max_speed: int = 2,  # |vx|, |vy| <= max_speed px/frame (the data's)
     ):
         super().__init__()
         if every_n_steps is not None and every_n_steps < 1:
@@ -51,7 +52,8 @@ class MovingDigitsEvaluation(pl.Callback):
         self.teacher_steps = list(teacher_steps) if teacher_steps is not None else [1, 25]
         self.steps = list(steps) if steps is not None else [None]
         self.every_n_steps = every_n_steps
-        self.data_kwargs = dict(num_frames=num_frames, size=size, channels=channels, seed=seed, motion_code=motion_code)
+        self.data_kwargs = dict(num_frames=num_frames, size=size, channels=channels, seed=seed, motion_code=motion_code,
+                                max_speed=max_speed)
         self.heldout: md.HeldoutSet | None = None
         self.reference_rows: list[dict] = []  # real clips and teacher rows, scored once
         self.rows: list[dict] = []  # the latest full table

@@ -50,7 +50,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sgm.metrics.video import center_motion, ink_centers
+from sgm.metrics.video import center_motion, frame_ink_centers, ink_centers
 
 DIGIT = 8  # side of the digits and of the crops, pixels
 TIE = 1e-6  # windows holding this much less ink than the best (in pixels of full ink) still tie with it
@@ -86,22 +86,30 @@ def digit_crops(clips) -> torch.Tensor:
     otherwise the digit moved sideways by 1 px inside its 8x8 frame (no ink lost).
     """
     clips = _check_clips(clips)
-    b, t, _, h, w = clips.shape
-    grey = clips.mean(dim=2).reshape(b * t, h, w)  # ((b t), H, W)
+    return frame_digit_crops(clips.flatten(0, 1))
+
+
+def frame_digit_crops(frames: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) frames in [-1, 1] (H, W >= 8) -> (N, 1, 8, 8): each frame's digit window, as `digit_crops`
+    cuts it (the single-frame form, e.g. for a conditioning image)."""
+    if frames.ndim != 4 or frames.shape[-1] < DIGIT or frames.shape[-2] < DIGIT:
+        raise ValueError(f"frames must be (N, C, H>={DIGIT}, W>={DIGIT}), got shape {tuple(frames.shape)}")
+    n, _, h, w = frames.shape
+    grey = frames.mean(dim=1)  # (N, H, W)
     ink = (grey.double() + 1.0) / 2.0
-    held = F.avg_pool2d(ink[:, None], DIGIT, stride=1)[:, 0] * DIGIT**2  # ((b t), H-7, W-7) ink per window
-    corner = ink_centers(clips).reshape(b * t, 2).double() - (DIGIT - 1) / 2  # ((b t), 2) centred window
+    held = F.avg_pool2d(ink[:, None], DIGIT, stride=1)[:, 0] * DIGIT**2  # (N, H-7, W-7) ink per window
+    corner = frame_ink_centers(frames).double() - (DIGIT - 1) / 2  # (N, 2) centred window
     rows = torch.arange(h - DIGIT + 1, dtype=torch.float64, device=ink.device)
     cols = torch.arange(w - DIGIT + 1, dtype=torch.float64, device=ink.device)
     dist = (rows.view(1, -1, 1) - corner[:, :1, None]) ** 2 + (cols.view(1, 1, -1) - corner[:, 1:, None]) ** 2
-    most = held >= held.amax(dim=(1, 2), keepdim=True) - TIE  # ((b t), H-7, W-7) windows holding the most ink
-    best = dist.masked_fill(~most, math.inf).flatten(1).argmin(dim=1)  # ((b t),) first = up/left on ties
+    most = held >= held.amax(dim=(1, 2), keepdim=True) - TIE  # (N, H-7, W-7) windows holding the most ink
+    best = dist.masked_fill(~most, math.inf).flatten(1).argmin(dim=1)  # (N,) first = up/left on ties
     top, left = best // len(cols), best % len(cols)
     offsets = torch.arange(DIGIT, device=ink.device)
-    ys = (top[:, None] + offsets)[:, :, None]  # ((b t), 8, 1)
-    xs = (left[:, None] + offsets)[:, None, :]  # ((b t), 1, 8)
-    frame = torch.arange(b * t, device=ink.device).view(-1, 1, 1)
-    return grey[frame, ys, xs][:, None]  # ((b t), 1, 8, 8)
+    ys = (top[:, None] + offsets)[:, :, None]  # (N, 8, 1)
+    xs = (left[:, None] + offsets)[:, None, :]  # (N, 1, 8)
+    frame = torch.arange(n, device=ink.device).view(-1, 1, 1)
+    return grey[frame, ys, xs][:, None]  # (N, 1, 8, 8)
 
 
 def majority_agreement(preds: torch.Tensor) -> float:

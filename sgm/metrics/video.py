@@ -20,11 +20,18 @@ def _check(clips: torch.Tensor) -> torch.Tensor:
 
 def ink_centers(clips: torch.Tensor) -> torch.Tensor:
     """(b, t, C, H, W) -> (b, t, 2) centre of mass (y, x) of the ink (x + 1) / 2, in pixels."""
-    ink = (_check(clips).mean(dim=2) + 1.0) / 2.0  # (b, t, H, W)
+    clips = _check(clips)
+    b, t = clips.shape[:2]
+    return frame_ink_centers(clips.flatten(0, 1)).view(b, t, 2)
+
+
+def frame_ink_centers(frames: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) in [-1, 1] -> (N, 2) centre of mass (y, x) of each frame's ink (x + 1) / 2, in pixels."""
+    ink = (frames.float().clamp(-1, 1).mean(dim=1) + 1.0) / 2.0  # (N, H, W)
     h, w = ink.shape[-2:]
-    ys = torch.arange(h, dtype=ink.dtype, device=ink.device).view(1, 1, h, 1)
-    xs = torch.arange(w, dtype=ink.dtype, device=ink.device).view(1, 1, 1, w)
-    mass = ink.sum(dim=(-2, -1)).clamp(min=1e-6)  # (b, t)
+    ys = torch.arange(h, dtype=ink.dtype, device=ink.device).view(1, h, 1)
+    xs = torch.arange(w, dtype=ink.dtype, device=ink.device).view(1, 1, w)
+    mass = ink.sum(dim=(-2, -1)).clamp(min=1e-6)  # (N,)
     return torch.stack([(ink * ys).sum(dim=(-2, -1)) / mass, (ink * xs).sum(dim=(-2, -1)) / mass], dim=-1)
 
 
