@@ -35,5 +35,6 @@ def test_it_fills_the_clip_slot_of_svds_image_embedder_frozen():
     x = torch.stack([_canvas(images[i], 3, 2) for i in range(4)]).requires_grad_(True)
     z = embedder(x)
     assert z.shape == (4, 1, 128)  # (b, n_cond_frames, D): the crossattn context
-    assert not z.requires_grad  # frozen: no graph into the tower or the image
-    assert not any(p.requires_grad for p in embedder.parameters())
+    assert not any(p.requires_grad for p in embedder.parameters())  # frozen weights
+    (grad,) = torch.autograd.grad(z.sum(), x)  # differentiable in the image, like CLIP
+    assert grad.abs().sum() > 0

@@ -161,7 +161,7 @@ def test_svd_overlay_encodes_decoded_frames_with_the_conditioners_clip_tower(tmp
 
     teacher = save_tiny_teacher(str(tmp_path / "teacher.safetensors"))
     cfg = load_configs(["configs/dmd/moving_digits_dmd.yaml", "configs/dmd/svd_dino.yaml"],
-                       [f"model.params.teacher_ckpt_path={teacher}", f"{TERM}.feature_dim=32"])
+                       [f"model.params.teacher_ckpt_path={teacher}", f"{TERM}.feature_dim=128"])
     engine = instantiate_from_config(cfg.model, learning_rate=1e-3)
     term = engine.terms["dino"]
     assert term.encoder is None and term.decode  # the conditioner's own tower, on pixels

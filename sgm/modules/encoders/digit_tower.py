@@ -35,7 +35,10 @@ FEATURES = 128  # the classifier's penultimate width
 
 
 class DigitImageTower(nn.Module):
-    """(N, C, H, W) images in [-1, 1], H, W >= 8 -> (N, 128) layer-normalised digit features (frozen, no grad)."""
+    """(N, C, H, W) images in [-1, 1], H, W >= 8 -> (N, 128) layer-normalised digit features.
+
+    Frozen weights; differentiable in the images, like the CLIP tower (a semantic loss term may read generated
+    frames through it: configs/dmd/svd_dino.yaml)."""
 
     def __init__(
         self,
@@ -44,7 +47,6 @@ class DigitImageTower(nn.Module):
         super().__init__()
         self.features = DigitFeatures(path)
 
-    @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         crops = frame_digit_crops(images)  # (N, 1, 8, 8)
         z = self.features(crops.to(images.device))  # (N, 128)
