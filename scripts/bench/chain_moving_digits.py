@@ -77,11 +77,9 @@ def seconds_per_iteration(run: str) -> float | None:
 
 def heldout_data(run: str) -> dict:
     """The held-out clips' data options (frames, canvas, speeds, motion code) of a student run's own data config."""
-    import glob
+    from sgm.evaluation.engines import run_config
 
-    from sgm.config import load_configs
-
-    data = load_configs(sorted(glob.glob(os.path.join(run, "configs", "*-project.yaml")))).data.params
+    data = run_config(run).data.params
     keys = ("num_frames", "size", "channels", "motion_code", "max_speed")
     return {k: data[k] for k in keys if k in data}
 

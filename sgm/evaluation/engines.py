@@ -12,14 +12,22 @@ import os
 import torch
 
 
+def run_config(path: str):
+    """The resolved config main.py saved in a run directory (configs/*-project.yaml, merged in order); None when
+    `path` holds none."""
+    from sgm.config import load_configs
+
+    configs = sorted(glob.glob(os.path.join(path, "configs", "*-project.yaml")))
+    return load_configs(configs) if configs else None
+
+
 def load_engine(path: str, ckpt: str | None = None, device: str | torch.device = "cpu"):
     """An engine in eval mode from a run directory or an export directory."""
     from sgm.config import load_configs
     from sgm.util import instantiate_from_config
 
-    configs = sorted(glob.glob(os.path.join(path, "configs", "*-project.yaml")))
-    if configs:  # a main.py run
-        config = load_configs(configs)
+    config = run_config(path)
+    if config is not None:  # a main.py run
         config.model.params.ckpt_path = ckpt or os.path.join(path, "checkpoints", "last.ckpt")
     elif os.path.isfile(os.path.join(path, "inference.yaml")):  # an export
         config = load_configs([os.path.join(path, "inference.yaml")])
