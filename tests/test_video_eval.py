@@ -22,13 +22,26 @@ def test_committed_teacher_loads_as_a_plain_engine_with_its_own_sampler():
 
 
 def test_the_default_run_scores_on_clips_of_its_teachers_own_data():
+    from sgm.callbacks.video_eval import DEFAULT_CLIP_OPTIONS, clip_options
     from sgm.config import load_configs
+    from sgm.util import instantiate_from_config
 
     config = load_configs([os.path.join(ROOT, "configs", "dmd", "moving_digits_dmd.yaml")])
-    evaluation, data = config.lightning.callbacks.video_eval.params, config.data.params
-    assert evaluation.max_speed == data.max_speed  # the callback's default (2) is not the teacher's
-    for key in ("size", "num_frames", "motion_code"):
-        assert evaluation.get(key, data[key]) == data[key], key
+    evaluation = instantiate_from_config(config.lightning.callbacks.video_eval)
+    data = instantiate_from_config(config.data)
+    options = clip_options(data, evaluation.given)
+    assert options == {key: config.data.params.get(key, default) for key, default in DEFAULT_CLIP_OPTIONS.items()}
+    assert options["max_speed"] == 1  # the teacher's data, not the callback's fallback (2)
+
+
+def test_explicit_evaluation_options_win_over_the_data_and_defaults_fill_the_rest():
+    from sgm.callbacks.video_eval import DEFAULT_CLIP_OPTIONS, clip_options
+    from sgm.data.moving_digits import MovingDigitsDataModule
+
+    data = MovingDigitsDataModule(max_speed=1, size=20, channels=3)
+    assert clip_options(data, {"size": 16})["size"] == 16
+    assert clip_options(data, {})["max_speed"] == 1
+    assert clip_options(object(), {}) == DEFAULT_CLIP_OPTIONS  # a datamodule without clip_options
 
 
 def test_few_step_sampler_counts_its_schedule():

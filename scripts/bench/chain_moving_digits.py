@@ -78,10 +78,9 @@ def seconds_per_iteration(run: str) -> float | None:
 def heldout_data(run: str) -> dict:
     """The held-out clips' data options (frames, canvas, speeds, motion code) of a student run's own data config."""
     from sgm.evaluation.engines import run_config
+    from sgm.util import instantiate_from_config
 
-    data = run_config(run).data.params
-    keys = ("num_frames", "size", "channels", "motion_code", "max_speed")
-    return {k: data[k] for k in keys if k in data}
+    return instantiate_from_config(run_config(run).data).clip_options()
 
 
 def plot(rows: list[dict], path: str, chunks: int) -> None:

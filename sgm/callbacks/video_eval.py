@@ -28,6 +28,17 @@ from sgm.evaluation import moving_digits as md
 from sgm.rng import preserved_rng
 
 
+DEFAULT_CLIP_OPTIONS = dict(num_frames=8, size=16, channels=3, motion_code="velocity", max_speed=2)
+
+
+def clip_options(datamodule: Any, given: dict) -> dict:
+    """The held-out clips' options: `given` (the callback's params), else the run's data's own (a datamodule
+    with `clip_options()`, e.g. MovingDigitsDataModule), else DEFAULT_CLIP_OPTIONS. A model scored on clips
+    faster or larger than its training data's looks worse than it is, so the data decides unless told."""
+    data = datamodule.clip_options() if callable(getattr(datamodule, "clip_options", None)) else {}
+    return {key: given.get(key, data.get(key, default)) for key, default in DEFAULT_CLIP_OPTIONS.items()}
+
+
 class MovingDigitsEvaluation(pl.Callback):
     def __init__(
         self,
@@ -36,13 +47,13 @@ class MovingDigitsEvaluation(pl.Callback):
         teacher_steps: list[int] | None = None,  # teacher sampler steps, one row each (default [1, 25])
         steps: list[int] | None = None,  # the trained engine's sampler steps (default: its own)
         every_n_steps: int | None = None,  # also score the engine during training; None: at the end only
-        num_frames: int = 8,  # t of the held-out clips (the data's)
-        size: int = 16,  # canvas side
-        channels: int = 3,  # 3 for SVD-architecture models
+        num_frames: int | None = None,  # t of the held-out clips; None: the run's data's (else 8)
+        size: int | None = None,  # canvas side; None: the run's data's (else 16)
+        channels: int | None = None,  # None: the run's data's (else 3, SVD-architecture models)
         seed: int = 0,  # held-out clips and sampling noise
         gif_clips: int = 16,  # clips per GIF
-        motion_code: str = "velocity",  # the models' motion_bucket_id code (sgm.data.moving_digits)
-        max_speed: int = 2,  # |vx|, |vy| <= max_speed px/frame (the data's)
+        motion_code: str | None = None,  # motion_bucket_id code (sgm.data.moving_digits); None: the data's
+        max_speed: int | None = None,  # |vx|, |vy| <= max_speed px/frame; None: the data's (else 2)
     ):
         super().__init__()
         if every_n_steps is not None and every_n_steps < 1:
@@ -52,8 +63,8 @@ class MovingDigitsEvaluation(pl.Callback):
         self.teacher_steps = list(teacher_steps) if teacher_steps is not None else [1, 25]
         self.steps = list(steps) if steps is not None else [None]
         self.every_n_steps = every_n_steps
-        self.data_kwargs = dict(num_frames=num_frames, size=size, channels=channels, seed=seed, motion_code=motion_code,
-                                max_speed=max_speed)
+        given = dict(num_frames=num_frames, size=size, channels=channels, motion_code=motion_code, max_speed=max_speed)
+        self.given = {key: value for key, value in given.items() if value is not None}
         self.heldout: md.HeldoutSet | None = None
         self.reference_rows: list[dict] = []  # real clips and teacher rows, scored once
         self.rows: list[dict] = []  # the latest full table
@@ -64,8 +75,9 @@ class MovingDigitsEvaluation(pl.Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        options = clip_options(getattr(trainer, "datamodule", None), self.given)
         with preserved_rng():
-            self.heldout = md.heldout_set(self.clips, **self.data_kwargs)
+            self.heldout = md.heldout_set(self.clips, seed=self.seed, **options)
         if not trainer.is_global_zero:
             return
         out = self.out_dir(trainer)
@@ -120,4 +132,4 @@ class MovingDigitsEvaluation(pl.Callback):
             pl_module.train(was_training)
 
 
-__all__ = ["MovingDigitsEvaluation"]
+__all__ = ["DEFAULT_CLIP_OPTIONS", "MovingDigitsEvaluation", "clip_options"]

@@ -151,6 +151,9 @@ class VideoCollate:
         return batch
 
 
+CLIP_OPTIONS = ("num_frames", "size", "channels", "motion_code", "max_speed")  # what held-out clips must match
+
+
 class MovingDigitsDataModule(pl.LightningDataModule):
     def __init__(
         self,
@@ -172,6 +175,11 @@ class MovingDigitsDataModule(pl.LightningDataModule):
         self.dataset_kwargs = dict(num_frames=num_frames, size=size, max_speed=max_speed, channels=channels, seed=seed,
                                    motion_code=motion_code, fresh_trajectories=fresh_trajectories)
         self.collate = VideoCollate(fps_id=fps_id, cond_aug=cond_aug, input_key=input_key)
+
+    def clip_options(self) -> dict:
+        """What held-out clips must share with these to score a model trained on them: num_frames, size,
+        channels, motion_code, max_speed (sgm.evaluation.moving_digits.heldout_set's keywords)."""
+        return {key: self.dataset_kwargs[key] for key in CLIP_OPTIONS}
 
     def setup(self, stage: str | None = None) -> None:
         self.train_dataset = MovingDigits("train", **self.dataset_kwargs)
