@@ -73,3 +73,27 @@ def test_quick_benchmark_writes_table_plot_and_gifs(tmp_path):
         assert (docs / name).is_file(), name
     assert json.loads((docs / "moving_digits_distillation.json").read_text())["rows"] == rows
     assert "| real held-out clips |" in (docs / "moving_digits_distillation.md").read_text()
+
+
+def test_score_script_rates_a_model_alone_on_its_datas_clips(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "scripts", "bench"))
+    import score_moving_digits as score
+
+    out = tmp_path / "score"
+    rows = score.main([TEACHER, "--clips", "2", "--steps", "1", "--max_speed", "1", "--out", str(out)])
+    assert [r["model"] for r in rows] == ["real held-out clips", TEACHER]
+    assert rows[1]["steps"] == 1 and rows[1]["nfe"] == 2 and rows[1]["n"] == 2
+    for name in ("moving_digits_score.md", "moving_digits_score.json", "real.gif", "model_1step.gif"):
+        assert (out / name).is_file(), name
+
+
+def test_score_script_reads_held_out_options_from_a_run_directory(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "scripts", "bench"))
+    import score_moving_digits as score
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "x-project.yaml").write_text(
+        "data:\n  target: sgm.data.moving_digits.MovingDigitsDataModule\n  params: {max_speed: 1, size: 20}\n")
+    data = score.run_datamodule(str(tmp_path))
+    assert data.clip_options()["max_speed"] == 1 and data.clip_options()["size"] == 20
+    assert score.run_datamodule(TEACHER) is None  # an export directory: no data config
