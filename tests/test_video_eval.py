@@ -97,3 +97,13 @@ def test_score_script_reads_held_out_options_from_a_run_directory(tmp_path):
     data = score.run_datamodule(str(tmp_path))
     assert data.clip_options()["max_speed"] == 1 and data.clip_options()["size"] == 20
     assert score.run_datamodule(TEACHER) is None  # an export directory: no data config
+
+
+def test_gan_term_overlay_adds_the_term_and_keeps_the_in_memory_data():
+    from sgm.config import load_configs
+
+    base = load_configs([os.path.join(ROOT, "configs", "dmd", "moving_digits_dmd.yaml")])
+    config = load_configs([os.path.join(ROOT, "configs", "dmd", f) for f in
+                           ("moving_digits_dmd.yaml", "moving_digits_gan_term.yaml")])
+    assert config.model.params.terms.gan.target == "sgm.modules.distillation.terms.GANTerm"
+    assert config.data == base.data  # real clips: the run's own data module
