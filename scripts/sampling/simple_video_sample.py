@@ -33,7 +33,7 @@ import sgm  # noqa: E402,F401  (torchvision shim before Lightning)
 from sgm.io.media import save_video_grid  # noqa: E402
 from sgm.config import load_configs  # noqa: E402
 from sgm.data.video_batch import make_video_batch  # noqa: E402
-from sgm.modules.distillation.chain import run_chain  # noqa: E402
+from sgm.modules.distillation.chain import last_frame_recondition, run_chain  # noqa: E402
 from sgm.util import get_obj_from_str, instantiate_from_config  # noqa: E402
 
 # Conditioner inputs that are images, zeroed in the unconditional branch (upstream's sampling).
@@ -170,7 +170,8 @@ def sample_video(engine, image: torch.Tensor, num_frames: int, args) -> torch.Te
     if args.chunks < 1:
         raise SystemExit(f"error: --chunks must be >= 1, got {args.chunks}")
     with torch.no_grad():  # later chunks' cond_aug noise: its own stream, so chunk 1 is the same for any --chunks
-        chunks, _ = run_chain(sample_chunk, batch, args.chunks, generator=torch.Generator().manual_seed(args.seed + 1))
+        chunks, _ = run_chain(sample_chunk, batch, args.chunks,
+                              last_frame_recondition(generator=torch.Generator().manual_seed(args.seed + 1)))
     return torch.cat(chunks, dim=1)[0]  # ((chunks t), C, H, W)
 
 

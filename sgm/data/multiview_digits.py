@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sgm.data.moving_digits import MovingDigits
 from sgm.data.resumable import ResumableDataLoader, seeded_generator
-from sgm.data.video_batch import make_window_batch
+from sgm.data.video_batch import CHAIN_VIDEO_KEY, make_window_batch, window_chain_frames
 
 NUM_CAMERAS = 8  # the eight symmetries of the square
 
@@ -69,21 +69,28 @@ class MultiViewMovingDigits(Dataset):
 
 
 class WindowCollate:
-    """Stacks items into one SV4D window batch (see `make_window_batch`); its draws (reference views or
-    not, the cond_frames noise) come from the items' seeds."""
+    """Stacks items into one SV4D window batch (see `make_window_batch`): the items' first `window_frames`
+    frames; its draws (reference views or not, the cond_frames noise) come from the items' seeds. With
+    `chain` the whole input video rides along as CHAIN_VIDEO_KEY, for a window chain (Self-Forcing,
+    sgm/modules/distillation/chain.py: the later windows' input frames)."""
 
-    def __init__(self, num_views: int, ref_prob: float = 0.5, input_key: str = "frames"):
+    def __init__(self, num_views: int, ref_prob: float = 0.5, input_key: str = "frames",
+                 window_frames: int | None = None, chain: bool = False):
         self.polar, self.azimuth = camera_angles(num_views)
         self.ref_prob, self.input_key = ref_prob, input_key
+        self.window_frames, self.chain = window_frames, chain
 
     def __call__(self, items: list[dict]) -> dict:
-        video = torch.stack([item["video"] for item in items])  # (b, t, C, H, W)
-        views = torch.stack([item["views"] for item in items])  # (b, t, v, C, H, W)
+        video = torch.stack([item["video"] for item in items])  # (b, F, C, H, W)
+        views = torch.stack([item["views"] for item in items])  # (b, F, v, C, H, W)
+        t = self.window_frames or video.shape[1]
         generator = seeded_generator(item["seed"] for item in items)
         with_refs = bool(torch.rand((), generator=generator) < self.ref_prob)
-        batch = make_window_batch(video, self.polar, self.azimuth, ref_views=views[:, 0] if with_refs else None,
-                                  targets=views, input_key=self.input_key, generator=generator)
+        batch = make_window_batch(video[:, :t], self.polar, self.azimuth, ref_views=views[:, 0] if with_refs else None,
+                                  targets=views[:, :t], input_key=self.input_key, generator=generator)
         batch["cls"] = torch.tensor([item["cls"] for item in items])
+        if self.chain:
+            batch[CHAIN_VIDEO_KEY] = video
         return batch
 
 
@@ -99,12 +106,15 @@ class MultiViewDigitsDataModule(pl.LightningDataModule):
         input_key: str = "frames",  # batch key of the target views
         num_workers: int = 0,
         seed: int = 0,  # MovingDigits' seed; the order and the draws follow the run's seed (main.py -s)
+        chain_windows: int = 1,  # N > 1: clips of 1 + N (t-1) input frames for an N-window chain (chain_video)
     ):
         super().__init__()
+        if chain_windows < 1:
+            raise ValueError(f"data.params.chain_windows must be >= 1, got {chain_windows}")
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.dataset_kwargs = dict(num_views=num_views, num_frames=num_frames, size=size, channels=channels,
-                                   seed=seed, fresh_trajectories=True)
-        self.collate = WindowCollate(num_views, ref_prob, input_key)
+        self.dataset_kwargs = dict(num_views=num_views, num_frames=window_chain_frames(chain_windows, num_frames),
+                                   size=size, channels=channels, seed=seed, fresh_trajectories=True)
+        self.collate = WindowCollate(num_views, ref_prob, input_key, window_frames=num_frames, chain=chain_windows > 1)
 
     def setup(self, stage: str | None = None) -> None:
         self.train_dataset = MultiViewMovingDigits(split="train", **self.dataset_kwargs)

@@ -189,3 +189,48 @@ def make_window_batch(
         "dmd_mask": 1.0 - given.flatten(),
         **({input_key: batch[input_key]} if targets is not None else {}),
     }
+
+
+# Batch key of a window chain's whole input video (b, F, C, H, W), F = 1 + N (t - 1): SV4D 2.0's windows of t
+# frames start on the previous window's last frame (scripts/sampling/simple_video_sample_4d.py, window_starts).
+CHAIN_VIDEO_KEY = "chain_video"
+
+
+def window_chain_frames(num_windows: int, window_frames: int) -> int:
+    """F, the input frames of a chain of `num_windows` SV4D 2.0 windows of `window_frames` frames each."""
+    return 1 + num_windows * (window_frames - 1)
+
+
+def next_window_batch(
+    batch: dict,  # window `index` of a chain (make_window_batch's layout + CHAIN_VIDEO_KEY)
+    outputs: torch.Tensor,  # (b, t v, C, H, W) window `index`'s generated views in [-1, 1], rows (t, v)
+    index: int,  # the window the outputs belong to (0 = the chain's first)
+    generator: torch.Generator | None = None,  # for the cond_aug noise (none at SV4D's cond_aug 0)
+) -> dict:
+    """Window index+1 of an SV4D 2.0 chain, on outputs' device: input frames chain_video[:, s : s+t] with
+    s = (index+1)(t-1), so it starts on window `index`'s last frame; reference views (cond_view) = the
+    generated views of that frame, clamped to [-1, 1], given in the window (its dmd_mask is 0 on them); the
+    same cameras; per-clip labels ride along. Gradients flow from `outputs` into cond_view."""
+    if CHAIN_VIDEO_KEY not in batch:
+        raise KeyError(f"a window chain needs the input video under '{CHAIN_VIDEO_KEY}' (b, F, C, H, W) in the batch "
+                       f"(MultiViewDigitsDataModule(chain_windows=N) yields it); keys: {sorted(batch)}")
+    video = batch[CHAIN_VIDEO_KEY].to(outputs.device)  # (b, F, C, H, W)
+    clips, rows = outputs.shape[:2]
+    views = batch["cond_view"].shape[0] // clips  # v
+    frames = rows // views  # t
+    if outputs.shape[0] != video.shape[0] or frames * views != rows:
+        raise ValueError(f"outputs must be (b={video.shape[0]}, t*v, C, H, W) with v={views}, got {tuple(outputs.shape)}")
+    start = (index + 1) * (frames - 1)
+    if start + frames > video.shape[1]:
+        raise ValueError(f"window {index + 1} needs input frames {start}..{start + frames - 1}, but "
+                         f"'{CHAIN_VIDEO_KEY}' has {video.shape[1]} (= 1 + N (t-1) for N windows of t={frames})")
+    polar = torch.as_tensor(batch["polar_rad"]).reshape(clips, rows)[0, :views]  # (v,) the same cameras per clip
+    azimuth = torch.as_tensor(batch["azimuth_rad"]).reshape(clips, rows)[0, :views]
+    refs = outputs.reshape(clips, frames, views, *outputs.shape[2:])[:, -1].clamp(-1, 1)  # (b, v, C, H, W)
+    out = make_window_batch(video[:, start:start + frames], polar, azimuth, ref_views=refs, generator=generator)
+    out = {k: v.to(outputs.device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+    out[CHAIN_VIDEO_KEY] = batch[CHAIN_VIDEO_KEY]
+    for key, value in batch.items():  # per-clip labels
+        if key not in out and isinstance(value, torch.Tensor) and value.shape == (clips,):
+            out[key] = value
+    return out

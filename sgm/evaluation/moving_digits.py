@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from sgm.evaluation.engines import network_evaluations, sampler_steps
-from sgm.modules.distillation.chain import run_chain
+from sgm.modules.distillation.chain import last_frame_recondition, run_chain
 
 UC_KEYS = ["cond_frames", "cond_frames_without_noise"]  # zeroed for the unconditional branch (SVD sampling)
 METRICS = [  # (key, column title, format, better)
@@ -136,7 +136,8 @@ def sample_chain(
 
     torch.manual_seed(seed)
     with engine.ema_scope("evaluation"):  # later chunks' cond_aug noise: a stream of its own
-        chunks, _ = run_chain(sample_chunk, heldout.batch, num_chunks, generator=torch.Generator().manual_seed(seed))
+        chunks, _ = run_chain(sample_chunk, heldout.batch, num_chunks,
+                              last_frame_recondition(generator=torch.Generator().manual_seed(seed)))
     return chunks, conds
 
 

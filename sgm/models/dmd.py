@@ -54,7 +54,7 @@ from sgm.models.diffusion import DiffusionEngine
 from sgm.modules.diffusionmodules.loss import frames_per_clip, per_clip_sigmas
 from sgm.data.video_batch import recondition_video_batch
 from sgm.modules.distillation.balance import GradientBalancer
-from sgm.modules.distillation.chain import ChainOptions, draw_chunk, given_frame_mask, run_chain
+from sgm.modules.distillation.chain import ChainOptions, chain_recondition, draw_chunk, given_frame_mask, run_chain
 from sgm.modules.distillation.lora import AdaptersOff, LoRAOptions, add_lora
 from sgm.modules.distillation.guard import NonFiniteGuard
 from sgm.modules.distillation.losses import dmd_loss
@@ -354,9 +354,9 @@ class DMDEngine(DiffusionEngine):
             with torch.set_grad_enabled(torch.is_grad_enabled() and chain.grad_into_cond and index == k - 1):
                 return self.sample_chunk(chunk, latent_shape)
 
-        _, chunk = run_chain(sample, first, k, num_frames=num_frames)
+        _, chunk = run_chain(sample, first, k, chain_recondition(chain.conditioning, num_frames))
         mask_key = self.input_options.mask_key
-        clips = chunk["cond_frames_without_noise"].shape[0]
+        clips = inputs.shape[0] // inputs.num_frames  # b (SV4D: rows b t v, num_frames t v)
         mask = given_frame_mask(clips, num_frames, chain.given_frames, chunk.get(mask_key))  # ((b t),)
         if chunk is batch:  # the data's own chunk: its conditions as they are
             return {**chunk, mask_key: mask.to(self.device)}, inputs, k

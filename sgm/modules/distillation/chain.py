@@ -22,6 +22,15 @@ its own frames as conditioning and drifts along the chain. Self-Forcing trains i
 With `grad_into_cond` the last generator step of chunk k-1 keeps its graph, so the gradient of chunk k
 also reaches the student through the frame it was conditioned on (Self-Forcing's default, the KV-cache
 re-run without grad, corresponds to off). The critic's rollout draws its own k and runs without grad.
+
+What "conditioned on the previous chunk" means is `ChainOptions.conditioning`:
+
+    last_frame     SVD, SVD-XT: the previous chunk's last frame becomes the next chunk's image
+                   (`last_frame_recondition`; given_frames 1: frame 0 reproduces it)
+    window_views   SV4D 2.0: window k+1's input frames continue the data's input video from window k's last
+                   frame (the batch's `chain_video`), its reference views (cond_view) are window k's generated
+                   views of that frame (`window_recondition`, sgm.data.video_batch.next_window_batch); those
+                   views sit inside the window and its batch's own dmd_mask takes them out (given_frames 0)
 """
 from __future__ import annotations
 
@@ -30,7 +39,7 @@ from typing import Callable
 
 import torch
 
-from sgm.data.video_batch import recondition_video_batch
+from sgm.data.video_batch import next_window_batch, recondition_video_batch
 from sgm.modules.distillation.rollout import (
     STREAM_CRITIC,
     STREAM_CRITIC_CHUNK,
@@ -41,6 +50,8 @@ from sgm.modules.distillation.rollout import (
 from sgm.util import ConfigError
 
 ChunkSampler = Callable[[dict, int], torch.Tensor]  # (chunk batch, chunk index) -> frames (b, t, C, H, W)
+Recondition = Callable[[dict, torch.Tensor, int], dict]  # (chunk batch, its frames, chunk index) -> the next batch
+CONDITIONINGS = ("last_frame", "window_views")
 
 CHUNK_STREAMS = {STREAM_GENERATOR: STREAM_GENERATOR_CHUNK, STREAM_CRITIC: STREAM_CRITIC_CHUNK}
 
@@ -54,8 +65,15 @@ class ChainOptions:
     chunk_frames: int | None = None  # t per chunk; None: the data's num_video_frames
     given_frames: int = 1  # frames at a chunk's start that reproduce its conditioning frame (masked)
     grad_into_cond: bool = False  # the trained chunk's gradient also crosses into its conditioning frame
+    conditioning: str = "last_frame"  # "last_frame" (SVD) or "window_views" (SV4D 2.0): module docstring
 
     def __post_init__(self) -> None:
+        if self.conditioning not in CONDITIONINGS:
+            raise ConfigError(f"model.params.chain.conditioning must be one of {CONDITIONINGS}, "
+                              f"got {self.conditioning!r}")
+        if self.conditioning == "window_views" and self.chunk_frames is not None:
+            raise ConfigError("model.params.chain.chunk_frames must be null with conditioning 'window_views': "
+                              "a window's frames are the data's (data.params.num_frames)")
         if self.num_chunks < 1:
             raise ConfigError(f"model.params.chain.num_chunks must be >= 1, got {self.num_chunks}")
         if self.chunk_frames is not None and self.chunk_frames < 2:
@@ -74,22 +92,51 @@ def draw_chunk(
     return draw_synced_index(num_chunks, global_step, seed, CHUNK_STREAMS[stream])
 
 
+def last_frame_recondition(
+    num_frames: int | None = None,  # t of the later chunks; None: the batch's
+    generator: torch.Generator | None = None,  # the cond_aug noise of the later chunks
+) -> Recondition:
+    """SVD: chunk i+1 conditioned on chunk i's last frame (clamped to [-1, 1]), `recondition_video_batch`."""
+
+    def recondition(batch: dict, frames: torch.Tensor, index: int) -> dict:
+        return recondition_video_batch(batch, frames[:, -1].clamp(-1, 1), num_frames, generator)
+
+    return recondition
+
+
+def window_recondition(generator: torch.Generator | None = None) -> Recondition:
+    """SV4D 2.0: window i+1 of the batch's input video, its reference views window i's own (next_window_batch)."""
+
+    def recondition(batch: dict, frames: torch.Tensor, index: int) -> dict:
+        return next_window_batch(batch, frames, index, generator)
+
+    return recondition
+
+
+def chain_recondition(conditioning: str, num_frames: int | None = None,
+                      generator: torch.Generator | None = None) -> Recondition:
+    """The Recondition of a ChainOptions.conditioning name."""
+    if conditioning == "window_views":
+        return window_recondition(generator)
+    return last_frame_recondition(num_frames, generator)
+
+
 def run_chain(
     sample_chunk: ChunkSampler,  # (batch, index) -> frames (b, t, C, H, W), pixel space
-    batch: dict,  # chunk 0's SVD batch (b clips)
+    batch: dict,  # chunk 0's batch (b clips)
     num_chunks: int,  # chunks to sample
-    generator: torch.Generator | None = None,  # the cond_aug noise of the later chunks
-    num_frames: int | None = None,  # t of the later chunks; None: the batch's
+    recondition: Recondition | None = None,  # the next chunk's batch; None: last_frame_recondition()
 ) -> tuple[list[torch.Tensor], dict]:
-    """Chunks 0..num_chunks-1, chunk i+1 conditioned on chunk i's last frame (clamped to [-1, 1]).
+    """Chunks 0..num_chunks-1, chunk i+1 conditioned on chunk i by `recondition`.
 
     -> the chunks' frames, and the batch of the chunk that would come next (chunk `num_chunks`).
     """
+    recondition = recondition or last_frame_recondition()
     chunks = []
     for index in range(num_chunks):
         frames = sample_chunk(batch, index)  # (b, t, C, H, W)
         chunks.append(frames)
-        batch = recondition_video_batch(batch, frames[:, -1].clamp(-1, 1), num_frames, generator)
+        batch = recondition(batch, frames, index)
     return chunks, batch
 
 
@@ -107,4 +154,5 @@ def given_frame_mask(
     return keep.flatten()  # ((b t),)
 
 
-__all__ = ["CHUNK_STREAMS", "ChainOptions", "ChunkSampler", "draw_chunk", "given_frame_mask", "run_chain"]
+__all__ = ["CHUNK_STREAMS", "CONDITIONINGS", "ChainOptions", "ChunkSampler", "Recondition", "chain_recondition", "draw_chunk",
+           "given_frame_mask", "last_frame_recondition", "run_chain", "window_recondition"]
