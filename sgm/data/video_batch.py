@@ -111,9 +111,21 @@ def recondition_video_batch(
                            motion_bucket_id=per_frame.get("motion_bucket_id"),
                            cond_aug=per_frame.get("cond_aug", 0.0), polars_rad=per_frame.get("polars_rad"),
                            azimuths_rad=per_frame.get("azimuths_rad"), generator=generator)
-    out = {k: v.to(cond_image.device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
-    for key, value in batch.items():  # per-clip labels ride along
-        if key not in out and isinstance(value, torch.Tensor) and value.shape == (clips,) and old_t > 1:
+    return with_clip_labels(out, batch, clips, old_t, cond_image.device)
+
+
+def with_clip_labels(
+    out: dict,  # a new batch of the same clips
+    batch: dict,  # the batch it replaces
+    clips: int,  # b
+    rows_per_clip: int,  # rows of one clip in `batch` (t, or t v for SV4D windows)
+    device: torch.device,  # where the new batch lives
+) -> dict:
+    """`out` on `device`, plus the per-clip labels of `batch` it lacks (tensors of shape (b,): `cls`, `speed`);
+    none when a clip has one row, since a label and a per-row value look alike then."""
+    out = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+    for key, value in batch.items():
+        if key not in out and isinstance(value, torch.Tensor) and value.shape == (clips,) and rows_per_clip > 1:
             out[key] = value
     return out
 
@@ -228,9 +240,5 @@ def next_window_batch(
     azimuth = torch.as_tensor(batch["azimuth_rad"]).reshape(clips, rows)[0, :views]
     refs = outputs.reshape(clips, frames, views, *outputs.shape[2:])[:, -1].clamp(-1, 1)  # (b, v, C, H, W)
     out = make_window_batch(video[:, start:start + frames], polar, azimuth, ref_views=refs, generator=generator)
-    out = {k: v.to(outputs.device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
-    out[CHAIN_VIDEO_KEY] = batch[CHAIN_VIDEO_KEY]
-    for key, value in batch.items():  # per-clip labels
-        if key not in out and isinstance(value, torch.Tensor) and value.shape == (clips,):
-            out[key] = value
-    return out
+    out[CHAIN_VIDEO_KEY] = video
+    return with_clip_labels(out, batch, clips, rows, outputs.device)
