@@ -88,15 +88,14 @@ def test_score_script_rates_a_model_alone_on_its_datas_clips(tmp_path):
 
 
 def test_score_script_reads_held_out_options_from_a_run_directory(tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, "scripts", "bench"))
-    import score_moving_digits as score
+    from sgm.evaluation.engines import run_datamodule  # what the score script and the chain bench read
 
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "x-project.yaml").write_text(
         "data:\n  target: sgm.data.moving_digits.MovingDigitsDataModule\n  params: {max_speed: 1, size: 20}\n")
-    data = score.run_datamodule(str(tmp_path))
+    data = run_datamodule(str(tmp_path))
     assert data.clip_options()["max_speed"] == 1 and data.clip_options()["size"] == 20
-    assert score.run_datamodule(TEACHER) is None  # an export directory: no data config
+    assert run_datamodule(TEACHER) is None  # an export directory: no data config
 
 
 def test_gan_term_overlay_adds_the_term_and_keeps_the_in_memory_data():

@@ -77,10 +77,9 @@ def seconds_per_iteration(run: str) -> float | None:
 
 def heldout_data(run: str) -> dict:
     """The held-out clips' data options (frames, canvas, speeds, motion code) of a student run's own data config."""
-    from sgm.evaluation.engines import run_config
-    from sgm.util import instantiate_from_config
+    from sgm.evaluation.engines import run_datamodule
 
-    return instantiate_from_config(run_config(run).data).clip_options()
+    return run_datamodule(run).clip_options()
 
 
 def plot(rows: list[dict], path: str, chunks: int) -> None:

@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 import sgm  # noqa: E402,F401  (torchvision shim before anything imports Lightning)
+from sgm.callbacks.video_eval import DEFAULT_CLIP_OPTIONS, clip_options  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,29 +33,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clips", type=int, default=64, help="held-out clips per row")
     p.add_argument("--seed", type=int, default=0, help="held-out clips and sampling noise")
     p.add_argument("--out", default=None, help="table and GIFs (default: <model>/score)")
-    for key, kind in (("num_frames", int), ("size", int), ("channels", int), ("motion_code", str), ("max_speed", int)):
-        p.add_argument(f"--{key}", type=kind, default=None, help=f"held-out clips' {key} (default: the run's data's)")
+    for key, default in DEFAULT_CLIP_OPTIONS.items():
+        p.add_argument(f"--{key}", type=type(default), default=None, help=f"held-out clips' {key} (default: the run's data's)")
     return p.parse_args(argv)
-
-
-def run_datamodule(path: str):
-    """The run's datamodule (not set up: no data is read), or None for an export directory."""
-    from sgm.evaluation.engines import run_config
-    from sgm.util import instantiate_from_config
-
-    config = run_config(path)
-    return instantiate_from_config(config.data) if config is not None and "data" in config else None
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     raw = sys.argv[1:] if argv is None else argv
     args = parse_args(raw)
-    from sgm.callbacks.video_eval import clip_options
     from sgm.evaluation import moving_digits as md
-    from sgm.evaluation.engines import load_engine
+    from sgm.evaluation.engines import load_engine, run_datamodule
 
-    given = {k: getattr(args, k) for k in ("num_frames", "size", "channels", "motion_code", "max_speed")}
-    options = clip_options(run_datamodule(args.model), {k: v for k, v in given.items() if v is not None})
+    given = {k: getattr(args, k) for k in DEFAULT_CLIP_OPTIONS if getattr(args, k) is not None}
+    options = clip_options(run_datamodule(args.model), given)
     heldout = md.heldout_set(args.clips, seed=args.seed, **options)
     engine = load_engine(args.model, ckpt=args.ckpt)
     name = args.model if args.ckpt is None else f"{args.model} ({os.path.basename(args.ckpt)})"

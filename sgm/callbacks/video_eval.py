@@ -17,6 +17,7 @@ is also scored during training and the figures are logged as `eval/<metric>` to 
 """
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -24,11 +25,13 @@ import pytorch_lightning as pl
 import torch
 
 from sgm.callbacks.setup import run_dir
+from sgm.data.moving_digits import CLIP_OPTIONS
 from sgm.evaluation import moving_digits as md
 from sgm.rng import preserved_rng
 
 
-DEFAULT_CLIP_OPTIONS = dict(num_frames=8, size=16, channels=3, motion_code="velocity", max_speed=2)
+# heldout_set's own defaults for the options a run's data decides (MovingDigitsDataModule.clip_options)
+DEFAULT_CLIP_OPTIONS = {key: inspect.signature(md.heldout_set).parameters[key].default for key in CLIP_OPTIONS}
 
 
 def clip_options(datamodule: Any, given: dict) -> dict:

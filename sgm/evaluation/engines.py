@@ -21,6 +21,15 @@ def run_config(path: str):
     return load_configs(configs) if configs else None
 
 
+def run_datamodule(path: str):
+    """The data module a run directory trained on, built but not set up (no data read); None when `path` holds
+    no run config or its config has no data block (an export directory)."""
+    from sgm.util import instantiate_from_config
+
+    config = run_config(path)
+    return instantiate_from_config(config.data) if config is not None and "data" in config else None
+
+
 def load_engine(path: str, ckpt: str | None = None, device: str | torch.device = "cpu"):
     """An engine in eval mode from a run directory or an export directory."""
     from sgm.config import load_configs
