@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from sgm.data.multiview_digits import (
+    BACKGROUND,
+    CAMERA_SHIFTS,
     MultiViewDigitsDataModule,
     MultiViewMovingDigits,
     camera_angles,
@@ -18,16 +21,23 @@ from sgm.data.multiview_digits import (
 ROOT = Path(__file__).parents[1]
 
 
-def test_views_are_the_canvas_under_fixed_transforms():
-    canvas = torch.randn(2, 3, 5, 5)
+def test_views_are_the_canvas_under_fixed_local_transforms():
+    canvas = torch.rand(2, 3, 5, 12) * 2 - 1
     images = [view_transform(canvas, k) for k in range(8)]
     assert all(not torch.equal(images[j], images[k]) for j in range(8) for k in range(j))  # 8 distinct cameras
+    inner = slice(max(map(abs, CAMERA_SHIFTS)), 12 - max(map(abs, CAMERA_SHIFTS)))  # columns every camera keeps
     for k, image in enumerate(images):
-        torch.testing.assert_close(to_input_view(image, k), canvas)
+        assert image.min() >= -1 and image.max() <= 1
+        torch.testing.assert_close(to_input_view(image, k)[..., inner], canvas[..., inner])
+    # a shift is a translation: camera 1 (one pixel right) sees column j where the input camera sees column j - 1
+    grey = canvas[:, :1].expand(2, 3, 5, 12)
+    torch.testing.assert_close(view_transform(grey, 1)[..., 0, :, 5:], BACKGROUND + (grey[..., 0, :, 4:11] + 1))
+    with pytest.raises(ValueError, match="camera must be in 0..7"):
+        view_transform(canvas, 8)
     item = MultiViewMovingDigits(num_views=3, num_frames=4, size=12, channels=3)[0]
     assert item["video"].shape == (4, 3, 12, 12) and item["views"].shape == (4, 3, 3, 12, 12)
-    for v in range(3):  # undoing camera v+1's transform gives back the input view, frame by frame
-        torch.testing.assert_close(to_input_view(item["views"][:, v], v + 1), item["video"])
+    for v in range(3):  # undoing camera v+1's transform gives back the input view where the camera sees it
+        torch.testing.assert_close(to_input_view(item["views"][:, v], v + 1)[..., 2:10], item["video"][..., 2:10])
     polar, azimuth = camera_angles(3)
     torch.testing.assert_close(azimuth, torch.tensor([1.0, 2.0, 3.0]) * torch.pi / 4)
 

@@ -7,6 +7,7 @@ import imageio.v3 as iio
 import pytest
 import torch
 
+from sgm.data.multiview_digits import common_field
 from sgm.evaluation import multiview_digits as mv
 from sgm.metrics.moving_digits import evaluate_clips
 
@@ -41,8 +42,8 @@ def test_heldout_windows_are_deterministic(windows):
 def test_real_views_are_consistent_and_score_as_the_input_view(windows):
     row = mv.reference_row(windows)
     assert row["view_consistency"] == 0.0 and row["true_view_error"] == 0.0
-    input_view = evaluate_clips(windows.video, windows.labels)
-    for view in row["per_view"]:  # the undone view is the input view itself, whatever the camera
+    input_view = evaluate_clips(common_field(windows.video, [1, 2, 3, 4]), windows.labels)
+    for view in row["per_view"]:  # the undone view is the input view itself where all cameras see it
         assert view["frame_accuracy"] == input_view["frame_accuracy"]
         assert view["frame_fd"] == pytest.approx(input_view["frame_fd"])
     # without undoing the transforms the views disagree (the metric is not trivially 0)
@@ -53,9 +54,9 @@ def test_a_view_of_another_digit_breaks_consistency(windows):
     views = windows.views.clone()
     views[:, :, 2] = views.roll(1, dims=0)[:, :, 2]  # camera 3 shows the previous window's digit
     row = mv.score_views(views, windows)
-    assert row["view_consistency"] > 0.05 and row["true_view_error"] > 0.05
     errors = [view["true_view_error"] for view in row["per_view"]]
-    assert errors[2] > 0 and errors[0] == errors[1] == errors[3] == 0
+    assert errors[2] > 0.1 and errors[0] == errors[1] == errors[3] == 0
+    assert row["view_consistency"] > 0.05 and row["true_view_error"] == pytest.approx(errors[2] / 4)
     # three of the four views still agree: pairs (i, j) with i or j = 3 differ, 3 pairs of 6
     aligned = mv.input_views(views)
     assert row["view_consistency"] == pytest.approx(

@@ -1,6 +1,6 @@
 """Multi-view moving digits (the SV4D toy): the tiny SV4D 2.0 teacher against its 1-step and 4-step DMD2 students.
 
-    python scripts/bench/distill_multiview_digits.py                              # teacher logs/shared/mv_teacher
+    python scripts/bench/distill_multiview_digits.py                              # teacher assets/multiview_digits_teacher
     python scripts/bench/distill_multiview_digits.py --teacher logs/<teacher run> --iterations 600 --clips 64
     python scripts/bench/distill_multiview_digits.py --student_1step logs/<run> --student_4step logs/<run>  # trained
     python scripts/bench/distill_multiview_digits.py --quick                      # tiny end-to-end check
@@ -36,7 +36,7 @@ from student_runs import add_common_args, apply_quick, run_student  # noqa: E402
 
 ONE_STEP = ["configs/dmd/multiview_digits_dmd.yaml"]
 FOUR_STEP = ONE_STEP + ["configs/dmd/multiview_digits_dmd_4step.yaml"]
-DEFAULT_TEACHER = "logs/shared/mv_teacher"
+DEFAULT_TEACHER = "assets/multiview_digits_teacher"
 QUICK_OVERRIDES = ["data.params.batch_size=2"]
 
 
@@ -120,15 +120,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"no reference views: SV4D 2.0's first window), the same windows and noise (seed {args.seed}) for every row; "
         f"students trained from `{args.teacher}` ({iterations} iterations each): 1-step `{runs['student_1step']}`, "
         f"4-step `{runs['student_4step']}`. Metrics (sgm/evaluation/multiview_digits.py): per view, after undoing its "
-        "camera's flip/rotation, frame accuracy on the window's digit class, Fréchet distance of digit-classifier "
+        "camera's shift and colour filter (on the columns all cameras see), frame accuracy on the window's digit class, Fréchet distance of digit-classifier "
         "features of 8x8 crops (lower is better; compare at equal n) and identity consistency across frames, "
         "averaged over the views; view consistency = mean |view i - view j| over pairs of views of the same frame "
         "after undoing both transforms, and true-view error = mean |generated - true view|, both in [-1, 1] pixel "
         "units (lower is better; the real views score 0). NFE per row (CFG counts twice).",
         "",
         mv.markdown_table(rows),
-        "Per view (camera k of sgm/data/multiview_digits.py: 1-3 rotations by 90/180/270 degrees, 4-7 a horizontal "
-        "flip followed by a rotation by (k - 4) x 90 degrees):",
+        "Per view (camera k of sgm/data/multiview_digits.py: the canvas slid by CAMERA_SHIFTS[k] = +1, -1, +2, -2 "
+        "pixels for cameras 1-4, ink through a red, green, blue, yellow filter):",
         "",
         mv.per_view_table(rows),
         "GIFs (one frame per window; rows: the input view, then cameras 1-4 as generated; columns: frames): "

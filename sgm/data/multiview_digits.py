@@ -1,11 +1,19 @@
 """Multi-view moving digits: a CPU toy of SV4D's task (novel-view videos of a moving object).
 
 A moving-digits clip (sgm.data.moving_digits) is the input view. "Camera" k sees the same canvas
-under a fixed transform from the symmetry group of the square: k = 0 the identity (the input view),
-1-3 rotations by 90, 180, 270 degrees, 4-7 a horizontal flip followed by those rotations. So the
-views of one frame are consistent by construction, a model can learn them, and undoing each view's
-transform (`to_input_view`) compares views in one frame of reference. Camera k sits at azimuth
-2 pi k / 8, elevation 0 (polar pi/2 after SV4D 2.0's relative mapping).
+through its own fixed, local transform: the canvas slides sideways by `CAMERA_SHIFTS[k]` pixels (the
+parallax of a camera moved along a rail; what leaves its field of view is lost, what enters is
+background) and its ink takes the camera's colour filter `CAMERA_TINTS[k]` (per-channel gains of the
+ink over the -1 background). Camera 0 is the input view (no shift, white). So the views of one frame
+are consistent by construction, and undoing each view's transform (`to_input_view`) compares views in
+one frame of reference.
+
+Why local transforms: an earlier version used the symmetries of the square (rotations and flips of the
+whole canvas). Those are global maps of position that a small U-Net without positional encodings
+learns slowly (its teacher had not converged after 243 steps at ~9 s each); a shift and a colour
+filter are translation-equivariant, learnt by convolutions and the camera embedding alone, so the toy
+teacher trains on a CPU within the hour and the toy measures distillation, not the teacher's limits.
+Camera k sits at azimuth 2 pi k / 8, elevation 0 (polar pi/2 after SV4D 2.0's relative mapping).
 
 Batches are SV4D windows (`sgm.data.video_batch.make_window_batch`): t frames x v novel views
 (cameras 1..v), rows (b, t, v); with probability `ref_prob` a batch carries the first frame's views as
@@ -23,22 +31,67 @@ from sgm.data.moving_digits import MovingDigits
 from sgm.data.resumable import ResumableDataLoader, seeded_generator
 from sgm.data.video_batch import CHAIN_VIDEO_KEY, make_window_batch, window_chain_frames
 
-NUM_CAMERAS = 8  # the eight symmetries of the square
+NUM_CAMERAS = 8
+CAMERA_SHIFTS = (0, 1, -1, 2, -2, 3, -3, 4)  # pixels to the right, camera 0..7
+CAMERA_TINTS = (  # ink gains (R, G, B), camera 0..7; all > 0, so a filter can be undone
+    (1.0, 1.0, 1.0), (1.0, 0.5, 0.5), (0.5, 1.0, 0.5), (0.5, 0.5, 1.0),
+    (1.0, 1.0, 0.5), (1.0, 0.5, 1.0), (0.5, 1.0, 1.0), (1.0, 0.75, 0.5),
+)
+BACKGROUND = -1.0
+
+
+def _check_camera(camera: int) -> None:
+    if not 0 <= camera < NUM_CAMERAS:
+        raise ValueError(f"camera must be in 0..{NUM_CAMERAS - 1}, got {camera}")
+
+
+def shift_columns(x: torch.Tensor, dx: int) -> torch.Tensor:
+    """Canvases (..., H, W) slid `dx` pixels to the right (left when negative); background fills the gap."""
+    if dx == 0:
+        return x
+    out = torch.full_like(x, BACKGROUND)
+    w = x.shape[-1]
+    if dx > 0:
+        out[..., dx:] = x[..., :w - dx]
+    else:
+        out[..., :w + dx] = x[..., -dx:]
+    return out
+
+
+def _tint(camera: int, channels: int, like: torch.Tensor) -> torch.Tensor:
+    """Camera `camera`'s ink gains as a (C, 1, 1) tensor; grey canvases (C = 1) keep gain 1."""
+    gains = CAMERA_TINTS[camera] if channels == 3 else (1.0,) * channels
+    return torch.tensor(gains, dtype=like.dtype, device=like.device).view(channels, 1, 1)
 
 
 def view_transform(x: torch.Tensor, camera: int) -> torch.Tensor:
-    """Camera `camera`'s view of canvases (..., H, W): optional horizontal flip, then k * 90 degrees."""
-    if not 0 <= camera < NUM_CAMERAS:
-        raise ValueError(f"camera must be in 0..{NUM_CAMERAS - 1}, got {camera}")
-    if camera >= 4:
-        x = x.flip(-1)
-    return torch.rot90(x, camera % 4, dims=(-2, -1))
+    """Camera `camera`'s view of canvases (..., C, H, W) in [-1, 1]: slid by CAMERA_SHIFTS[camera], ink through
+    CAMERA_TINTS[camera]."""
+    _check_camera(camera)
+    gain = _tint(camera, x.shape[-3], x)
+    return shift_columns(BACKGROUND + (x - BACKGROUND) * gain, CAMERA_SHIFTS[camera])
 
 
 def to_input_view(x: torch.Tensor, camera: int) -> torch.Tensor:
-    """Inverse of `view_transform`: camera `camera`'s image (..., H, W) seen from the input camera."""
-    x = torch.rot90(x, -(camera % 4), dims=(-2, -1))
-    return x.flip(-1) if camera >= 4 else x
+    """Inverse of `view_transform` (..., C, H, W): camera `camera`'s image seen from the input camera. The
+    |CAMERA_SHIFTS[camera]| columns that left the camera's field of view come back as background."""
+    _check_camera(camera)
+    x = shift_columns(x, -CAMERA_SHIFTS[camera])
+    return BACKGROUND + (x - BACKGROUND) / _tint(camera, x.shape[-3], x)
+
+
+def common_field(x: torch.Tensor, cameras: list[int]) -> torch.Tensor:
+    """Canvases (..., H, W) seen from the input camera -> the same with the columns that some camera of `cameras`
+    does not see set to background: the part of the canvas that all those views (undone by `to_input_view`) and
+    the input view show alike."""
+    for camera in cameras:
+        _check_camera(camera)
+    w = x.shape[-1]
+    left = max([-CAMERA_SHIFTS[k] for k in cameras] + [0])  # a camera slid left loses the input's first columns
+    right = max([CAMERA_SHIFTS[k] for k in cameras] + [0])  # ... slid right, its last ones
+    out = torch.full_like(x, BACKGROUND)
+    out[..., left:w - right] = x[..., left:w - right]
+    return out
 
 
 def camera_angles(num_views: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,7 @@ They are SV4D 2.0's first window: no reference views. The data knows the true vi
 window is scored against them:
 
 - per view k, after undoing camera k's transform (`to_input_view`, so every view shows the input
-  camera's canvas): frame accuracy, frame FD and identity consistency of
+  camera's canvas, cut to the columns all cameras see, `common_field`): frame accuracy, frame FD and identity consistency of
   `sgm.metrics.moving_digits.evaluate_clips`, with the windows' digit classes as labels;
 - `view_consistency`: mean |view i - view j| over the pairs i < j of views of the same frame, after
   undoing both transforms ([-1, 1] pixel units; 0 when the views agree, whether or not they are right);
@@ -112,10 +112,12 @@ def sample_views(
 
 
 def input_views(views: torch.Tensor) -> torch.Tensor:
-    """(b, t, v, C, H, W) views of cameras 1..v -> the same, each seen from the input camera (`to_input_view`)."""
-    from sgm.data.multiview_digits import to_input_view
+    """(b, t, v, C, H, W) views of cameras 1..v -> the same, each seen from the input camera (`to_input_view`) and
+    cut to the columns all v cameras see (`common_field`), so that the real views give back the input view there."""
+    from sgm.data.multiview_digits import common_field, to_input_view
 
-    return torch.stack([to_input_view(views[:, :, k], k + 1) for k in range(views.shape[2])], dim=2)
+    cameras = list(range(1, views.shape[2] + 1))
+    return torch.stack([common_field(to_input_view(views[:, :, k - 1], k), cameras) for k in cameras], dim=2)
 
 
 def view_consistency(aligned: torch.Tensor) -> float:
