@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import glob
 import json
 import os
 import shlex
@@ -49,15 +48,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def window_settings(teacher: str) -> dict:
-    """The teacher run's data settings (frames and views per window, canvas size, channels)."""
-    from sgm.config import load_configs
+    """Frames and views per window, canvas size and channels: the teacher run's data, or for an export directory
+    (no data block) the data module's defaults, which the committed teacher was trained on."""
+    from sgm.data.multiview_digits import MultiViewDigitsDataModule
+    from sgm.evaluation.engines import run_datamodule
 
-    configs = sorted(glob.glob(os.path.join(teacher, "configs", "*-project.yaml")))
-    if not configs:
-        raise SystemExit(f"error: --teacher {teacher}: not a main.py run (no configs/*-project.yaml)")
-    data = load_configs(configs).data.params
-    return {"num_frames": int(data.num_frames), "num_views": int(data.num_views), "size": int(data.size),
-            "channels": int(data.channels)}
+    if not os.path.isdir(teacher):
+        raise SystemExit(f"error: --teacher {teacher}: no such directory")
+    data = run_datamodule(teacher) or MultiViewDigitsDataModule()
+    if not isinstance(data, MultiViewDigitsDataModule):
+        raise SystemExit(f"error: --teacher {teacher}: trained on {type(data).__name__}, not multi-view digits")
+    return dict(data.window_options)
 
 
 def distil(name: str, configs: list[str], bench_dir: str, args: argparse.Namespace) -> tuple[str, str]:

@@ -165,6 +165,8 @@ class MultiViewDigitsDataModule(pl.LightningDataModule):
         if chain_windows < 1:
             raise ValueError(f"data.params.chain_windows must be >= 1, got {chain_windows}")
         self.batch_size, self.num_workers = batch_size, num_workers
+        # what held-out windows of this data look like (sgm.evaluation.multiview_digits.heldout_windows)
+        self.window_options = dict(num_frames=num_frames, num_views=num_views, size=size, channels=channels)
         self.dataset_kwargs = dict(num_views=num_views, num_frames=window_chain_frames(chain_windows, num_frames),
                                    size=size, channels=channels, seed=seed, fresh_trajectories=True)
         self.collate = WindowCollate(num_views, ref_prob, input_key, window_frames=num_frames, chain=chain_windows > 1)
