@@ -58,7 +58,7 @@ def test_conditioner_c_and_uc_on_a_window():
     with torch.no_grad():
         c, uc = engine.conditioner.get_unconditional_conditioning(batch, force_uc_zero_embeddings=SV4D_UC_ZERO_KEYS)
     shapes = {key: tuple(value.shape) for key, value in c.items()}
-    assert shapes == {"crossattn": (1, T, 32), "concat": (T * V, 3, 16, 16), "vector": (T * V, 96),
+    assert shapes == {"crossattn": (1, T, 128), "concat": (T * V, 3, 16, 16), "vector": (T * V, 96),
                       "cond_view": (V, 3, 16, 16), "cond_motion": (T, 3, 16, 16)}
     for key in ("crossattn", "concat", "cond_view", "cond_motion"):
         assert not uc[key].any() and c[key].any(), key
