@@ -2,6 +2,7 @@
 input view, a wrong view breaks consistency, the held-out windows are fixed, and a tiny SV4D 2.0 engine samples
 windows of the right layout."""
 import os
+import sys
 
 import imageio.v3 as iio
 import pytest
@@ -13,6 +14,7 @@ from sgm.metrics.moving_digits import evaluate_clips
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER = os.path.join(ROOT, "configs/example_training/toy/multiview_digits_sv4d2.yaml")
+COMMITTED_TEACHER = os.path.join(ROOT, "assets", "multiview_digits_teacher")
 N = 12  # windows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -83,3 +85,37 @@ def test_tiny_engine_samples_windows_and_the_gif_has_one_grid_per_window(tmp_pat
     frames = iio.imread(path, index=None)
     assert frames.shape[0] == 3  # one grid per window (rows: input + v views, columns: t frames)
     assert frames.shape[1] > frames.shape[2]  # 1 + v rows of t columns: taller than wide
+
+
+def test_bench_reads_the_window_from_the_run_or_the_data_defaults(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "scripts", "bench"))
+    import distill_multiview_digits as bench
+
+    (tmp_path / "run" / "configs").mkdir(parents=True)
+    (tmp_path / "run" / "configs" / "x-project.yaml").write_text(
+        "data:\n  target: sgm.data.multiview_digits.MultiViewDigitsDataModule\n  params: {num_frames: 3, size: 20}\n")
+    assert bench.window_settings(str(tmp_path / "run")) == dict(num_frames=3, num_views=4, size=20, channels=3)
+    assert bench.window_settings(COMMITTED_TEACHER) == dict(num_frames=4, num_views=4, size=16, channels=3)
+    (tmp_path / "other" / "configs").mkdir(parents=True)
+    (tmp_path / "other" / "configs" / "x-project.yaml").write_text(
+        "data:\n  target: sgm.data.moving_digits.MovingDigitsDataModule\n  params: {}\n")
+    with pytest.raises(SystemExit, match="MovingDigitsDataModule, not multi-view digits"):
+        bench.window_settings(str(tmp_path / "other"))
+
+
+@pytest.mark.slow
+def test_quick_bench_trains_both_students_and_writes_table_and_gifs(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "scripts", "bench"))
+    import distill_multiview_digits as bench
+
+    docs = tmp_path / "docs"
+    rows = bench.main(["--quick", "--logdir", str(tmp_path / "logs"), "--docs", str(docs)])
+    assert [r["model"] for r in rows] == ["real views", f"teacher ({bench.DEFAULT_TEACHER})", "DMD2 1-step student",
+                                          "DMD2 4-step student"]
+    assert [(r["steps"], r["nfe"]) for r in rows[1:]] == [(2, 4), (1, 1), (4, 4)]  # teacher: Euler + CFG
+    for row in rows:
+        assert row["n"] == 4 and len(row["per_view"]) == 4 and 0.0 <= row["frame_accuracy"] <= 1.0
+    for name in ("multiview_digits_distillation.md", "multiview_digits_distillation.json",
+                 "multiview_digits_real.gif", "multiview_digits_teacher.gif", "multiview_digits_student_1step.gif",
+                 "multiview_digits_student_4step.gif"):
+        assert (docs / name).is_file(), name
