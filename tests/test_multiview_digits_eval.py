@@ -117,5 +117,5 @@ def test_quick_bench_trains_both_students_and_writes_table_and_gifs(tmp_path):
         assert row["n"] == 4 and len(row["per_view"]) == 4 and 0.0 <= row["frame_accuracy"] <= 1.0
     for name in ("multiview_digits_distillation.md", "multiview_digits_distillation.json",
                  "multiview_digits_real.gif", "multiview_digits_teacher.gif", "multiview_digits_student_1step.gif",
-                 "multiview_digits_student_4step.gif"):
+                 "multiview_digits_student_4step.gif", "multiview_digits_frames.png"):
         assert (docs / name).is_file(), name

@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = [mv.reference_row(windows, metrics)]
     os.makedirs(docs, exist_ok=True)
     gifs = [mv.save_views_gif(windows.views, windows, os.path.join(docs, "multiview_digits_real.gif"))]
+    strip = {"real": windows.views}
     models = [("teacher", f"teacher ({args.teacher})", args.teacher, args.teacher_steps),
               ("student_1step", "DMD2 1-step student", runs["student_1step"], None),
               ("student_4step", "DMD2 4-step student", runs["student_4step"], None)]
@@ -104,8 +105,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row, views = mv.evaluate_engine(engine, windows, name, num_steps=steps, seed=args.seed, metrics=metrics)
         rows.append(row)
         gifs.append(mv.save_views_gif(views, windows, os.path.join(docs, f"multiview_digits_{key}.gif")))
+        strip[key] = views
         del engine
 
+    png = mv.save_frames_png(strip, windows, os.path.join(docs, "multiview_digits_frames.png"),
+                             clips=tuple(range(min(2, args.clips))))
     iterations = args.iterations if args.iterations is not None else "the config's max_steps (300)"
     t, v = settings["num_frames"], settings["num_views"]
     text = "\n".join([
@@ -134,6 +138,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         mv.per_view_table(rows),
         "GIFs (one frame per window; rows: the input view, then cameras 1-4 as generated; columns: frames): "
         + ", ".join(f"`{os.path.basename(g)}`" for g in gifs),
+        "",
+        f"Still (`{os.path.basename(png)}`; per window, left to right: real views, teacher, 1-step, 4-step student):",
+        "",
+        f"![multi-view digits]({os.path.basename(png)})",
         "",
     ])
     for d in sorted({bench_dir, docs}):

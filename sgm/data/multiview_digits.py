@@ -10,7 +10,7 @@ one frame of reference.
 
 Why local transforms: an earlier version used the symmetries of the square (rotations and flips of the
 whole canvas). Those are global maps of position that a small U-Net without positional encodings
-learns slowly (its teacher had not converged after 243 steps at ~9 s each); a shift and a colour
+learns slowly (its teacher, at ~9 s/step, was stopped unmeasured at step 243); a shift and a colour
 filter are translation-equivariant, learnt by convolutions and the camera embedding alone, so the toy
 teacher trains on a CPU within the hour and the toy measures distillation, not the teacher's limits.
 Camera k sits at azimuth 2 pi k / 8, elevation 0 (polar pi/2 after SV4D 2.0's relative mapping).

@@ -195,19 +195,38 @@ def _fmt(value) -> str:
     return "-" if value is None else str(value)
 
 
+def window_grids(views: torch.Tensor, windows: HeldoutWindows, first: int = 0) -> list:
+    """Views (b, t, v, C, H, W) of windows first..first+b-1 -> one (H', W', 3) uint8 grid per window: rows are the
+    input view and the views of cameras 1..v (as generated, not undone), columns the t frames."""
+    from sgm.io.media import make_grid, to_uint8
+
+    b, t, v = views.shape[:3]
+    rows = torch.cat([windows.video[first:first + b, :, None], views], dim=2)  # (b, t, 1 + v, C, H, W)
+    rows = rows.transpose(1, 2)  # (b, 1 + v, t, C, H, W): grid rows = views, columns = frames
+    return [make_grid(to_uint8(clip.flatten(0, 1)), n_rows=1 + v) for clip in rows]
+
+
 def save_views_gif(views: torch.Tensor, windows: HeldoutWindows, path: str, max_clips: int = 16,
                    fps: int = 1) -> str:
-    """One GIF frame per window: a grid whose rows are the input view and the views of cameras 1..v (as
-    generated, not undone) and whose columns are the t frames."""
+    """One GIF frame per window (`window_grids`)."""
     import numpy as np
 
-    from sgm.io.media import make_grid, to_uint8, write_video
+    from sgm.io.media import write_video
 
-    views = views[:max_clips]
-    b, t, v = views.shape[:3]
-    rows = torch.cat([windows.video[:b, :, None], views], dim=2)  # (b, t, 1 + v, C, H, W)
-    rows = rows.transpose(1, 2)  # (b, 1 + v, t, C, H, W): grid rows = views, columns = frames
-    grids = [make_grid(to_uint8(clip.flatten(0, 1)), n_rows=1 + v) for clip in rows]  # (H', W', 3) each
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    return write_video(np.stack(grids), path, fps)
+    return write_video(np.stack(window_grids(views[:max_clips], windows)), path, fps)
 
+
+def save_frames_png(views_by_model: dict, windows: HeldoutWindows, path: str, clips: tuple = (0, 5),
+                    scale: int = 3) -> str:
+    """A still for the README: for each window in `clips` a row of `window_grids`, one per model (left to right
+    in the dict's order: name -> views (b, t, v, C, H, W)), each pixel `scale` x `scale`."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    strips = [np.concatenate([window_grids(views[i:i + 1], windows, first=i)[0] for views in views_by_model.values()],
+                             axis=1) for i in clips]
+    image = np.kron(np.concatenate(strips, axis=0), np.ones((scale, scale, 1), dtype=np.uint8))
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    iio.imwrite(path, image)
+    return path
