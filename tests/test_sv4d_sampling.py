@@ -48,6 +48,10 @@ def test_window_batch_layout():
         make_window_batch(frames, polar, azimuth, ref_views=refs[:, :2])
     with pytest.raises(ValueError, match="polar_rad"):
         make_window_batch(frames, polar.repeat(2), azimuth)
+    # one window whose frames x ... rows happen to number v (b t = 1 * 4 = v): still the camera per view, not per frame
+    one = make_window_batch(torch.zeros(1, V, 3, 2, 2), polar, azimuth)
+    torch.testing.assert_close(one["azimuth_rad"], azimuth.repeat(V))
+    torch.testing.assert_close(one["polar_rad"], polar.repeat(V))
 
 
 def test_conditioner_c_and_uc_on_a_window():
@@ -116,6 +120,30 @@ def test_script_end_to_end_on_tiny_config(tmp_path, schedule):
     assert grid.shape[0] * grid.shape[1] > 3 * view.shape[0] * view.shape[1]  # input view + 4 novel views
     if fmt == "mp4":  # (a gif drops repeated frames: random-weight students output constant frames)
         assert len(iio.imread(paths[0], index=None)) == n
+
+
+def test_script_samples_a_dmd_students_config_with_the_committed_teacher(tmp_path):
+    """A student's sampler has no guider to give the window's rows: the script reads T and V from the conditioner.
+    The committed toy teacher and its (teacher-initialised) student sample one window of 4 frames x 4 views, where
+    b*t == v, and each view shows its own camera: undoing camera k's colour filter brings back the grey input."""
+    import imageio.v3 as iio
+
+    from sgm.data.moving_digits import MovingDigits
+    from sgm.data.multiview_digits import CAMERA_TINTS
+    from sgm.io.media import to_uint8
+
+    clip = MovingDigits(split="heldout", num_frames=4, size=16, channels=3, max_speed=1)[3]["video"]  # (4, 3, 16, 16)
+    iio.imwrite(tmp_path / "clip.gif", to_uint8(clip), duration=100, loop=0)
+    teacher = ROOT / "assets" / "multiview_digits_teacher"
+    paths = sample_4d.main(["--config", str(ROOT / "configs/dmd/multiview_digits_dmd.yaml"), "--input",
+                            str(tmp_path / "clip.gif"), "--size", "16x16", "--n_frames", "4", "--device", "cpu",
+                            "--format", "gif", "--output", str(tmp_path / "out"), "--azimuths_deg", "0,45,90,135,180",
+                            f"model.params.teacher_ckpt_path={teacher / 'model.safetensors'}"])
+    assert len(paths) == 5
+    for v, path in enumerate(paths[:4], start=1):  # the brightest pixels take camera v's ink colour (red, green, blue, yellow)
+        frame = iio.imread(path, index=0)[..., :3].reshape(-1, 3).astype(float)
+        ink = frame[frame.sum(1) > 0.3 * frame.sum(1).max()].mean(0)  # (3,) mean colour of the inked pixels
+        assert int(ink.argmax()) in [i for i, g in enumerate(CAMERA_TINTS[v]) if g == max(CAMERA_TINTS[v])], (v, ink)
 
 
 @pytest.mark.parametrize("case", ["text_video", "text_frame", "size_16by16"])

@@ -112,13 +112,16 @@ def cameras(num_views: int, elevation_deg: float, azimuths_deg: str | None, rela
     return novel_polar.float(), novel_azimuth.float()
 
 
-def window_shape(engine) -> tuple[int, int]:
-    """(T, V): frames per window (CLIP embedder) and novel views (cond_view embedder)."""
-    by_key = {e.input_key: e for e in engine.conditioner.embedders}
+def window_shape(config) -> tuple[int, int]:
+    """(T, V) of a model config: frames per window (the CLIP embedder's n_cond_frames) and novel views (the
+    cond_view embedder's), read before the model is built (a few-step student's sampler has no guider to say)."""
+    embedders = config.model.params.get("conditioner_config", {}).get("params", {}).get("emb_models", [])
+    by_key = {e.get("input_key"): e for e in embedders}
     if "cond_view" not in by_key or "cond_frames_without_noise" not in by_key:
         raise SystemExit("error: the config is not an SV4D model (needs cond_view and cond_frames_without_noise "
                          "embedders)")
-    return by_key["cond_frames_without_noise"].n_cond_frames, by_key["cond_view"].n_cond_frames
+    return (int(by_key["cond_frames_without_noise"].params.n_cond_frames),
+            int(by_key["cond_view"].params.n_cond_frames))
 
 
 class Window:
@@ -209,13 +212,14 @@ def run_anchor_dense(engine, video, views, polar, azimuth, T, args) -> torch.Ten
 
 def main(argv: list[str] | None = None) -> list[str]:
     args, dotlist = get_parser().parse_known_args(argv)
-    args.num_frames = None  # configure() keeps the guider's T*V rows
     size = parse_size(args.size)  # inputs and --size fail before the model is built
     frames = read_frames(args.input)
     ref_frames = read_frames(args.ref_views) if args.ref_views else None
-    config, _ = configure(load_configs([args.config]), args, dotlist)
+    config = load_configs([args.config])
+    T, V = window_shape(config)
+    args.num_frames = T * V  # a window's rows, for the guider (when the sampler has one)
+    config, _ = configure(config, args, dotlist)
     engine = instantiate_from_config(config.model).to(args.device).eval()
-    T, V = window_shape(engine)
     schedule = args.schedule or ("anchor_dense" if args.ref_views else "windows")
     polar, azimuth = cameras(V, args.elevation_deg, args.azimuths_deg, relative_polar=schedule == "windows")
     video = to_video(frames, args.n_frames, size).to(args.device)  # (n, 3, H, W)

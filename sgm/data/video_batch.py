@@ -23,7 +23,8 @@ import torch
 
 
 def _per_frame(value: float | torch.Tensor, clips: int, num_frames: int, name: str) -> torch.Tensor:
-    """A scalar, a (b,) per-clip or a (b*t,) / (t,) per-frame value -> ((b t),) float tensor."""
+    """A scalar, a (b,) per-clip or a (b*t,) / (t,) per-frame value -> ((b t),) float tensor. When b == t a
+    1-D value of that length is read as per clip; pass ((b t),) to mean per frame."""
     value = torch.as_tensor(value, dtype=torch.float32)
     if value.ndim == 0:
         return value.repeat(clips * num_frames)
@@ -176,8 +177,10 @@ def make_window_batch(
         fps_id=None,
         motion_bucket_id=None,
         cond_aug=cond_aug,
-        polars_rad=polar_rad,
-        azimuths_rad=azimuth_rad,
+        # per row (b t v,): a (v,) value would be read as one per "clip" when b*t == v (e.g. one window of 4
+        # frames x 4 views), giving every row of frame k camera k
+        polars_rad=polar_rad.repeat(clips * num_frames),
+        azimuths_rad=azimuth_rad.repeat(clips * num_frames),
         frames=per_frame_targets,
         input_key=input_key,
         generator=generator,
