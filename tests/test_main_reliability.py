@@ -64,8 +64,8 @@ def log_mount(tmp_path):
 def test_a_signal_saves_a_crash_checkpoint_flushes_metrics_and_exits_non_zero(log_mount, signum, status):
     args = ["--base", DIGITS, "-l", log_mount, "-n", "sig", "--max_steps", "100000",
             "lightning.modelcheckpoint.params.every_n_train_steps=3", *TINY]
-    proc = subprocess.Popen([sys.executable, "main.py", *args], cwd=ROOT, env=env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "main.py", *args], cwd=ROOT, env={**env(), "PYTHONFAULTHANDLER": "1"},
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     try:
         while not glob.glob(os.path.join(log_mount, "*_sig", "checkpoints", "epoch=*.ckpt")):
@@ -78,7 +78,12 @@ def test_a_signal_saves_a_crash_checkpoint_flushes_metrics_and_exits_non_zero(lo
         steps = csv_steps(logdir)
         assert steps and max(steps) >= 1, steps
         proc.send_signal(signum)
-        _, err = proc.communicate(timeout=120)
+        try:
+            _, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:  # where it hangs: SIGABRT makes faulthandler print every thread's stack
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=60)
+            pytest.fail(f"main.py still running 120 s after signal {signum}; its stderr ends:\n{err[-6000:]}")
     finally:
         proc.kill()
     assert proc.returncode == status, err[-3000:]
