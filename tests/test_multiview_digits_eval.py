@@ -119,3 +119,36 @@ def test_quick_bench_trains_both_students_and_writes_table_and_gifs(tmp_path):
                  "multiview_digits_real.gif", "multiview_digits_teacher.gif", "multiview_digits_student_1step.gif",
                  "multiview_digits_student_4step.gif", "multiview_digits_frames.png"):
         assert (docs / name).is_file(), name
+
+
+def test_chained_windows_start_on_the_previous_windows_views():
+    from sgm.config import load_configs
+    from sgm.util import instantiate_from_config
+
+    t, v = 2, 4
+    config = load_configs([TEACHER], [f"N_TIME={t}", f"N_VIEW={v}", f"N_FRAMES={t * v}"])
+    engine = instantiate_from_config(config.model).eval()  # random weights
+    clips = mv.heldout_windows(2, num_frames=4, num_views=v)  # 1 + 3 (t - 1): three windows
+    seen, sampled = [], []
+    original = mv.sample_views
+
+    def recording(engine, windows, **kwargs):
+        seen.append(windows)
+        sampled.append(original(engine, windows, **kwargs))
+        return sampled[-1]
+
+    mv.sample_views = recording
+    try:
+        rows, views = mv.evaluate_chain(engine, clips, t, "random", num_steps=1)
+    finally:
+        mv.sample_views = original
+    assert [r["window"] for r in rows] == [1, 2, 3] and views.shape == clips.views.shape
+    assert seen[0].ref_views is None and not seen[0].batch()["cond_view"].any()
+    for k in (1, 2):  # window k+1 = frames k..k+1, given the views window k generated for frame k
+        assert torch.equal(seen[k].video, clips.video[:, k:k + 2])
+        assert torch.equal(seen[k].ref_views, sampled[k - 1][0][:, -1])
+        assert torch.equal(views[:, k], sampled[k][0][:, 0])  # a shared frame keeps the later window's views
+        assert seen[k].batch()["dmd_mask"].view(2, t, v)[:, 0].eq(0).all()
+    assert torch.equal(views[:, 0], sampled[0][0][:, 0]) and torch.equal(views[:, 3], sampled[2][0][:, 1])
+    with pytest.raises(ValueError, match="not a chain of 3-frame windows"):
+        mv.evaluate_chain(engine, clips, 3, "random", num_steps=1)

@@ -43,6 +43,7 @@ class HeldoutWindows:
     labels: torch.Tensor  # (b,) digit classes
     polar: torch.Tensor  # (v,) camera elevations (relative, SV4D 2.0)
     azimuth: torch.Tensor  # (v,) camera azimuths
+    ref_views: torch.Tensor | None = None  # (b, v, C, H, W) views given for the first frame (a later window)
 
     @property
     def num_frames(self) -> int:
@@ -53,11 +54,19 @@ class HeldoutWindows:
         return self.views.shape[2]
 
     def batch(self, start: int = 0, stop: int | None = None) -> dict:
-        """The conditioning batch of windows [start, stop): SV4D 2.0's first window, no reference views,
-        no cond_aug noise (so the batch is a function of the windows alone)."""
+        """The conditioning batch of windows [start, stop), no cond_aug noise (so the batch is a function of the
+        windows alone): SV4D 2.0's first window, or with `ref_views` a later one."""
         from sgm.data.video_batch import make_window_batch
 
-        return make_window_batch(self.video[start:stop], self.polar, self.azimuth)
+        refs = None if self.ref_views is None else self.ref_views[start:stop]
+        return make_window_batch(self.video[start:stop], self.polar, self.azimuth, ref_views=refs)
+
+    def window(self, first: int, frames: int, ref_views: torch.Tensor | None = None) -> "HeldoutWindows":
+        """Frames first..first+frames-1 of every clip as windows, optionally with reference views."""
+        if first + frames > self.num_frames:
+            raise ValueError(f"frames {first}..{first + frames - 1} are past the clips' {self.num_frames} frames")
+        return HeldoutWindows(self.video[:, first:first + frames], self.views[:, first:first + frames], self.labels,
+                              self.polar, self.azimuth, ref_views)
 
 
 def heldout_windows(n: int, num_frames: int = 4, num_views: int = 4, size: int = 16, channels: int = 3,
@@ -159,6 +168,30 @@ def evaluate_engine(engine, windows: HeldoutWindows, name: str, num_steps: int |
     steps = num_steps or sampler_steps(engine.sampler)
     row = {"model": name, "steps": steps, "nfe": network_evaluations(engine, steps), "sec_per_window": seconds}
     return row | score_views(views, windows, metrics), views
+
+
+def evaluate_chain(engine, clips: HeldoutWindows, window_frames: int, name: str, num_steps: int | None = None,
+                   seed: int = 0, metrics=None) -> tuple[list[dict], torch.Tensor]:
+    """SV4D 2.0's chained sampling of whole clips (F = 1 + N (t - 1) frames, `heldout_windows(n, num_frames=F)`):
+    window k covers frames k (t-1) .. k (t-1) + t - 1 and is given the views generated for its first frame (the
+    last of window k-1) as reference views, as `scripts/sampling/simple_video_sample_4d.py` does. -> one row per
+    window (`evaluate_engine`'s, with `window` = k + 1, scored against that window's true views) and the clips'
+    views (b, F, v, C, H, W)."""
+    from sgm.data.video_batch import window_chain_frames
+
+    step = window_frames - 1
+    num_windows = (clips.num_frames - 1) // step if step > 0 else 0
+    if num_windows < 1 or window_chain_frames(num_windows, window_frames) != clips.num_frames:
+        raise ValueError(f"clips of {clips.num_frames} frames are not a chain of {window_frames}-frame windows "
+                         f"(1 + N x {step} frames)")
+    rows, out = [], clips.views.new_zeros(clips.views.shape)
+    for k in range(num_windows):
+        refs = out[:, k * step].clone() if k else None  # (b, v, C, H, W) the previous window's views of this frame
+        windows = clips.window(k * step, window_frames, refs)
+        row, views = evaluate_engine(engine, windows, name, num_steps=num_steps, seed=seed, metrics=metrics)
+        rows.append(row | {"window": k + 1})
+        out[:, k * step:k * step + window_frames] = views
+    return rows, out
 
 
 def reference_row(windows: HeldoutWindows, metrics=None) -> dict:
