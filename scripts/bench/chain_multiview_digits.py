@@ -1,6 +1,7 @@
 """Chained multi-view video on the SV4D toy: how far teacher and students drift over SV4D 2.0 windows.
 
-    python scripts/bench/chain_multiview_digits.py --student_1step logs/<run> --student_4step logs/<run>
+    python scripts/bench/chain_multiview_digits.py --student_1step logs/<run> --student_4step logs/<run> \
+        --student_sf logs/<run>                                              # any of the three may be left out
     python scripts/bench/chain_multiview_digits.py --windows 3 --clips 32     # (the defaults)
 
 Each model turns the same `--clips` held-out clips of 1 + N (t - 1) frames into views window by window
@@ -36,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher", default=DEFAULT_TEACHER, metavar="DIR", help="the teacher's run or export directory")
     p.add_argument("--student_1step", default=None, metavar="RUN", help="a trained 1-step run")
     p.add_argument("--student_4step", default=None, metavar="RUN", help="a trained 4-step run")
+    p.add_argument("--student_sf", default=None, metavar="RUN",
+                   help="a trained Self-Forcing run (+ configs/dmd/multiview_digits_dmd_chain.yaml)")
     p.add_argument("--windows", type=int, default=3, help="windows per clip (N)")
     p.add_argument("--clips", type=int, default=32, help="held-out clips")
     p.add_argument("--teacher_steps", type=int, default=None, help="teacher sampler steps (default: its config's)")
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     metrics = default_metrics()
     models = [("teacher", f"teacher ({args.teacher})", args.teacher, args.teacher_steps),
               ("student_1step", "DMD2 1-step student", args.student_1step, None),
-              ("student_4step", "DMD2 4-step student", args.student_4step, None)]
+              ("student_4step", "DMD2 4-step student", args.student_4step, None),
+              ("student_sf", "DMD2 1-step Self-Forcing student", args.student_sf, None)]
     start, rows, gifs = time.perf_counter(), [], []
     os.makedirs(args.docs, exist_ok=True)
     for key, name, path, steps in models:
