@@ -28,10 +28,6 @@ sys.path.insert(0, HERE)
 import sgm  # noqa: E402,F401  (torchvision shim before anything imports Lightning)
 from distill_multiview_digits import DEFAULT_TEACHER, window_settings  # noqa: E402
 
-COLUMNS = [("frame_accuracy", "{:.3f}"), ("frame_fd", "{:.2f}"), ("identity_consistency", "{:.3f}"),
-           ("view_consistency", "{:.3f}"), ("true_view_error", "{:.3f}")]
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", default=DEFAULT_TEACHER, metavar="DIR", help="the teacher's run or export directory")
@@ -48,10 +44,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | window | frame acc. | frame FD | identity | view consistency | true-view err. |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    """One row per model and window: the metrics of sgm.evaluation.multiview_digits' main table."""
+    from sgm.evaluation.multiview_digits import VIEW_METRICS, WINDOW_METRICS
+
+    columns = VIEW_METRICS + WINDOW_METRICS
+    lines = ["| model | window | " + " | ".join(title for _, title, _ in columns) + " |",
+             "|---|---:|" + "---:|" * len(columns)]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['window']} | " + " | ".join(fmt.format(r[k]) for k, fmt in COLUMNS) + " |")
+        lines.append(f"| {r['model']} | {r['window']} | " + " | ".join(fmt.format(r[k]) for k, _, fmt in columns) + " |")
     return "\n".join(lines) + "\n"
 
 

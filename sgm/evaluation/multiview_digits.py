@@ -254,12 +254,12 @@ def save_frames_png(views_by_model: dict, windows: HeldoutWindows, path: str, cl
                     scale: int = 3) -> str:
     """A still for the README: for each window in `clips` a row of `window_grids`, one per model (left to right
     in the dict's order: name -> views (b, t, v, C, H, W)), each pixel `scale` x `scale`."""
-    import imageio.v3 as iio
     import numpy as np
+
+    from sgm.io.media import write_image
 
     strips = [np.concatenate([window_grids(views[i:i + 1], windows, first=i)[0] for views in views_by_model.values()],
                              axis=1) for i in clips]
     image = np.kron(np.concatenate(strips, axis=0), np.ones((scale, scale, 1), dtype=np.uint8))
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    iio.imwrite(path, image)
-    return path
+    return write_image(image, path)
